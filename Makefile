@@ -1,0 +1,32 @@
+# Every target creates .venv and installs the project (with its dev extras) when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch comes from the machine's local wheel cache where one exists (CPU use is enough).
+TORCH_SPEC ?= torch>=2.2
+
+.PHONY: demo test lint benchmark clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) experiments/demo.py
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+benchmark: $(STAMP)
+	$(PY) experiments/benchmark_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,23 @@
+"""cockpit-optim: instruments for observing the training of PyTorch networks.
+
+>>> opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn)
+"""
+
+from . import instruments, schedules
+from .errors import CockpitError, ReadingWarning, UnsupportedLossError, UnsupportedModelError
+from .log import load_log
+from .optimizer import MonitoredOptimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CockpitError",
+    "MonitoredOptimizer",
+    "ReadingWarning",
+    "UnsupportedLossError",
+    "UnsupportedModelError",
+    "__version__",
+    "instruments",
+    "load_log",
+    "schedules",
+]

@@ -1,0 +1,183 @@
+"""Curvature of the mini-batch loss: replayed forward passes, Hessian-vector products, the largest
+eigenvalue by Lanczos, and the Hessian diagonal (exact, GGN or Monte-Carlo GGN) through BackPACK."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .capture import ModelInput
+
+
+@contextlib.contextmanager
+def replay_rng(model_input: ModelInput) -> Iterator[None]:
+    """Run with the RNG state of the recorded forward pass (same dropout masks); the global RNG
+    is restored afterwards, so replays never change training."""
+    devices = list(range(len(model_input.cuda_rng)))
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(model_input.cpu_rng)
+        for index, state in enumerate(model_input.cuda_rng):
+            torch.cuda.set_rng_state(state, index)
+        yield
+
+
+@contextlib.contextmanager
+def private_rng(seed: int) -> Iterator[None]:
+    """Draw from a seeded stream inside; the global RNG (CPU and CUDA) is restored afterwards."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def replay_loss(
+    model: nn.Module, loss_fn: nn.Module, model_input: ModelInput, target: Tensor
+) -> Tensor:
+    """The mini-batch loss recomputed from the recorded inputs (with a fresh graph)."""
+    with replay_rng(model_input), torch.enable_grad():
+        output = model(*model_input.args, **model_input.kwargs)
+        return loss_fn(output, target)
+
+
+class HessianVectorProduct:
+    """``v -> H v`` for the Hessian of ``loss`` w.r.t. ``params`` (flat vectors in float64)."""
+
+    def __init__(self, loss: Tensor, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        self._pairs = [
+            (i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad
+        ]
+        self.dim = sum(p.numel() for p in self.params)
+        self.calls = 0
+
+    def __call__(self, vector: Tensor) -> Tensor:
+        self.calls += 1
+        pieces, offset = [], 0
+        for p in self.params:
+            pieces.append(vector[offset : offset + p.numel()].reshape(p.shape).to(p.dtype))
+            offset += p.numel()
+        if not self._pairs:
+            return torch.zeros_like(vector)
+        outputs = [g for _, g in self._pairs]
+        grad_outputs = [pieces[i] for i, _ in self._pairs]
+        products = torch.autograd.grad(
+            outputs, self.params, grad_outputs, retain_graph=True, allow_unused=True
+        )
+        return torch.cat([
+            (h if h is not None else torch.zeros_like(p)).reshape(-1).to(vector.dtype)
+            for h, p in zip(products, self.params)
+        ])
+
+
+@dataclass
+class EigenResult:
+    value: float
+    vector: Tensor
+    products: int
+    converged: bool
+
+
+def lanczos_max_eigenvalue(
+    matvec: Callable[[Tensor], Tensor],
+    start: Tensor,
+    rtol: float = 1e-3,
+    max_iter: int = 100,
+) -> EigenResult:
+    """Largest algebraic eigenvalue of a symmetric operator by Lanczos with full
+    reorthogonalization.
+
+    Stops when the error bound of the top Ritz value, ``min(r, r^2 / gap)`` with residual norm
+    ``r = |beta_k s_k|`` and ``gap`` the distance to the next Ritz value, is below
+    ``rtol * |theta|``, or the Krylov space is invariant.
+    """
+    basis = [start / start.norm()]
+    alphas: list[float] = []
+    betas: list[float] = []
+    value, ritz = float("nan"), basis[0]
+    dim = start.numel()
+    for k in range(min(max_iter, dim)):
+        w = matvec(basis[k])
+        alphas.append(float(w @ basis[k]))
+        q = torch.stack(basis)
+        for _ in range(2):  # full reorthogonalization, twice is enough
+            w = w - q.T @ (q @ w)
+        beta = float(w.norm())
+        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if k:
+            off = torch.tensor(betas, dtype=torch.float64)
+            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(tridiagonal)
+        value = float(evals[-1])
+        top = evecs[:, -1].to(start.dtype)
+        residual = abs(beta * float(top[-1]))
+        gap = float(evals[-1] - evals[-2]) if k else math.inf
+        bound = min(residual, residual**2 / gap) if gap > 0 else residual
+        scale = abs(value) if value != 0 else 1.0
+        if bound <= rtol * scale or beta <= 1e-12 * scale or k + 1 == min(max_iter, dim):
+            ritz = q.T @ top
+            return EigenResult(value, ritz, k + 1, bound <= rtol * scale or beta <= 1e-12 * scale)
+        betas.append(beta)
+        basis.append(w / beta)
+    return EigenResult(value, ritz, len(alphas), False)
+
+
+DIAGONAL_METHODS = {"exact": "diag_h", "ggn": "diag_ggn_exact", "mc-ggn": "diag_ggn_mc"}
+
+
+class DiagonalCurvature:
+    """Hessian diagonal (``exact``), exact GGN diagonal (``ggn``) or its one-sample Monte-Carlo
+    estimate (``mc-ggn``) by BackPACK, on a private extended copy of the model (the user's model is
+    never extended, so untracked steps pay nothing)."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, method: str = "exact") -> None:
+        if method not in DIAGONAL_METHODS:
+            raise ValueError(f"curvature must be one of {sorted(DIAGONAL_METHODS)}, got {method!r}")
+        from backpack import extend
+
+        self.method = method
+        shadow = copy.deepcopy(model)
+        for module in shadow.modules():  # the user's own hooks stay on the user's model
+            module._forward_pre_hooks.clear()
+            module._forward_hooks.clear()
+            module._backward_hooks.clear()
+        self.shadow = extend(shadow)
+        self.loss_fn = extend(copy.deepcopy(loss_fn))
+
+    def _extension(self):
+        from backpack.extensions import DiagGGNExact, DiagGGNMC, DiagHessian
+
+        return {"exact": DiagHessian, "ggn": DiagGGNExact, "mc-ggn": DiagGGNMC}[self.method]()
+
+    def __call__(
+        self, model: nn.Module, model_input: ModelInput, target: Tensor, seed: int,
+        names: Sequence[str],
+    ) -> list[Tensor]:
+        """Diagonal per parameter named in ``names`` (names of ``model.named_parameters``)."""
+        from backpack import backpack
+
+        shadow_params = dict(self.shadow.named_parameters())
+        with torch.no_grad():
+            for (name, p), (_, s) in zip(model.named_parameters(), self.shadow.named_parameters()):
+                s.copy_(p)
+            for b, s in zip(model.buffers(), self.shadow.buffers()):
+                s.copy_(b)
+        self.shadow.train(model.training)
+        loss = replay_loss(self.shadow, self.loss_fn, model_input, target)
+        with private_rng(seed), backpack(self._extension()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()
+        attribute = DIAGONAL_METHODS[self.method]
+        diagonals = [getattr(shadow_params[name], attribute).detach().clone() for name in names]
+        for p in self.shadow.parameters():
+            p.grad = None
+            if hasattr(p, attribute):
+                delattr(p, attribute)
+        return diagonals

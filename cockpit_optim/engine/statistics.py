@@ -1,0 +1,325 @@
+"""The statistics engine: from one recorded forward/backward pass, compute once the union of what the
+active instruments request, layer by layer, and hand instruments a :class:`Statistics` object."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CockpitError, UnsupportedModelError
+from .capture import Capture
+from .curvature import (
+    DiagonalCurvature,
+    EigenResult,
+    HessianVectorProduct,
+    lanczos_max_eigenvalue,
+    replay_loss,
+)
+from .histograms import draw_elements, histogram_1d, histogram_2d
+from .layers import LayerRule
+from .losses import individual_losses
+
+# Default gradient range of the histograms: +- this many RMS values of all elements g_{n,d}.
+ADAPTIVE_RANGE_RMS = 6.0
+
+
+@dataclass(frozen=True)
+class HistogramRequest:
+    """Binning asked for by a histogram instrument."""
+
+    bins: int | tuple[int, int]
+    range: tuple[float, float] | None
+    max_elements: int | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the active instruments need at one step; ``|`` merges two requests."""
+
+    losses: bool = False
+    grad_norms: bool = False
+    sq_norms: bool = False
+    dots: bool = False
+    mean_grads: bool = False
+    sgs: bool = False
+    hist1d: HistogramRequest | None = None
+    hist2d: HistogramRequest | None = None
+    diagonal: bool = False
+    max_eigenvalue: bool = False
+    params: bool = False
+    projection: bool = False
+    distance: bool = False
+    update: bool = False
+
+    def __or__(self, other: Request) -> Request:
+        return Request(**{
+            name: getattr(self, name) or getattr(other, name) for name in self.__dataclass_fields__
+        })
+
+    @property
+    def first_order(self) -> bool:
+        return any((self.sq_norms, self.dots, self.mean_grads, self.sgs, self.hist1d,
+                    self.hist2d))
+
+    @property
+    def recording(self) -> bool:
+        return self.first_order or self.projection or self.losses or self.diagonal or (
+            self.max_eigenvalue
+        )
+
+
+@dataclass
+class Statistics:
+    """Everything instruments read at one step.  Per-parameter lists follow ``names``.
+
+    ``sq_norms[n] = ||g_n||^2``, ``dots[n] = g_n . g`` (float64, shape ``[B]``),
+    ``mean_grads`` = ``g``, ``sgs`` = ``sum_n g_n^2`` per coordinate, ``diagonal`` = Hessian
+    diagonal (or GGN, see ``diagonal_method``).  ``unavailable`` maps a statistic that could not be
+    computed at this step to the reason.
+    """
+
+    batch_size: int
+    names: list[str]
+    lr: float
+    losses: Tensor | None = None
+    grad_norms: dict[str, float] | None = None
+    sq_norms: Tensor | None = None
+    param_sq_norms: dict[str, float] | None = None
+    dots: Tensor | None = None
+    mean_grads: list[Tensor] | None = None
+    sgs: list[Tensor] | None = None
+    hist1d: dict | None = None
+    hist2d: dict | None = None
+    diagonal: list[Tensor] | None = None
+    diagonal_method: str = "exact"
+    max_eigenvalue: EigenResult | None = None
+    params: list[Tensor] | None = None
+    distance: float | None = None
+    update_size: float | None = None
+    alpha: Any = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_params(self) -> int:
+        if self.mean_grads is not None:
+            return sum(g.numel() for g in self.mean_grads)
+        return sum(p.numel() for p in self.params or [])
+
+
+class StatisticsEngine:
+    """Owns the hooks and computes :class:`Statistics` for a recorded step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        named_params: list[tuple[str, Tensor]],
+        generator: torch.Generator,
+        curvature: str = "exact",
+        diagonal: bool = False,
+        eigen_rtol: float = 1e-3,
+        eigen_max_iter: int = 100,
+    ) -> None:
+        self.model, self.loss_fn = model, loss_fn
+        self.names = [name for name, _ in named_params]
+        self.params = [param for _, param in named_params]
+        self.generator = generator
+        # The diagonal-curvature copy is made before any hook exists on the model.
+        self.diagonal = DiagonalCurvature(model, loss_fn, curvature) if diagonal else None
+        self.curvature = curvature
+        self.eigen_rtol, self.eigen_max_iter = eigen_rtol, eigen_max_iter
+        self.eigenvector: Tensor | None = None  # warm start of the next Lanczos run
+        self.capture = Capture(model, loss_fn, {id(p): n for n, p in named_params})
+        self._rules: list[tuple[LayerRule, list[str]]] = []
+        self._batchnorms = [
+            (name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+
+    # ------------------------------------------------------------------------- checks
+    def _check_batchnorm(self) -> None:
+        for name, module in self._batchnorms:
+            if module.training:
+                raise UnsupportedModelError(
+                    f"BatchNorm layer '{name}' is in train mode: it mixes the samples of a batch, "
+                    "so individual gradients are not defined. Put it in eval mode "
+                    f"(model.{name}.eval()) or replace it by GroupNorm/LayerNorm."
+                )
+
+    def _loss_inputs(self) -> tuple[Tensor, Tensor]:
+        calls = self.capture.loss_inputs
+        if len(calls) != 1:
+            raise CockpitError(
+                f"loss_fn was called {len(calls)} times with gradients enabled since the last step; "
+                "the instruments need exactly one call of the loss_fn given to MonitoredOptimizer "
+                "(compute the loss with that object, once per step)."
+            )
+        return calls[0]
+
+    def _build_rules(self) -> tuple[list[tuple[LayerRule, list[str]]], str | None]:
+        problems = [
+            f"module '{name}' ({kind}: no exact individual-gradient rule)"
+            for name, kind, _ in self.capture.unsupported
+        ]
+        rules = []
+        for slot in self.capture.slots:
+            if slot.calls > 1:
+                problems.append(f"module '{slot.name}' was called {slot.calls} times in one step")
+            elif slot.inputs is None or slot.grad_out is None:
+                problems.append(f"module '{slot.name}' got no output gradient")
+            else:
+                rules.append((slot.factory(slot.module, slot.inputs, slot.grad_out),
+                              slot.param_names))
+        return rules, ("; ".join(problems) or None)
+
+    # ------------------------------------------------------------------------ collect
+    def collect(self, request: Request, lr: float) -> Statistics:
+        """Compute the requested statistics from the recorded pass (parameters still at theta_t)."""
+        self._check_batchnorm()
+        output, target = self._loss_inputs()
+        with self.capture.suspended():
+            losses = individual_losses(self.loss_fn, output, target).double()
+        stats = Statistics(batch_size=losses.numel(), names=self.names, lr=lr, losses=losses)
+        if request.grad_norms:
+            stats.grad_norms = {
+                n: float(p.grad.detach().double().norm()) if p.grad is not None else 0.0
+                for n, p in zip(self.names, self.params)
+            }
+        if request.params:
+            stats.params = [p.detach() for p in self.params]
+        if request.first_order or request.projection:
+            self._first_order(request, stats)
+        if request.diagonal or request.max_eigenvalue:
+            self._curvature(request, stats, target)
+        return stats
+
+    def _first_order(self, request: Request, stats: Statistics) -> None:
+        rules, problem = self._build_rules()
+        if problem is not None:
+            for key in ("sq_norms", "dots", "mean_grads", "sgs", "hist1d", "hist2d", "projection"):
+                stats.unavailable[key] = problem
+            self._rules = []
+            return
+        self._rules = rules
+        if not request.first_order:
+            return
+        order = {name: i for i, name in enumerate(self.names)}
+        mean_grads: list[Tensor | None] = [None] * len(self.names)
+        sgs: list[Tensor | None] = [None] * len(self.names)
+        param_norms: dict[str, float] = {}
+        total_norms = torch.zeros(stats.batch_size, dtype=torch.float64)
+        total_dots = torch.zeros(stats.batch_size, dtype=torch.float64)
+        histograms = request.hist1d is not None or request.hist2d is not None
+        for rule, names in rules:
+            means = rule.mean_grads()
+            norms, sums, dots = rule.reduce(
+                sq_norms=request.sq_norms or histograms,
+                sgs=request.sgs,
+                dot_with=means if request.dots else None,
+            )
+            for i, name in enumerate(names):
+                mean_grads[order[name]] = means[i]
+                if sums is not None:
+                    sgs[order[name]] = sums[i]
+                if norms is not None:
+                    per_sample = norms[i].double().cpu()
+                    total_norms += per_sample
+                    param_norms[name] = float(per_sample.sum())
+            if dots is not None:
+                total_dots += dots.double().cpu()
+        stats.mean_grads = mean_grads
+        if request.sgs:
+            stats.sgs = sgs
+        if request.sq_norms or histograms:
+            stats.sq_norms, stats.param_sq_norms = total_norms, param_norms
+        if request.dots:
+            stats.dots = total_dots
+        if histograms:
+            self._histograms(request, stats, rules)
+
+    def _histograms(self, request: Request, stats: Statistics, rules) -> None:
+        specs = [s for s in (request.hist1d, request.hist2d) if s is not None]
+        budgets = [s.max_elements for s in specs]
+        budget = None if None in budgets else max(budgets)
+        sample = draw_elements(rules, budget, self.generator, request.hist2d is not None)
+        population = sum(sample.population.values())
+        rms = math.sqrt(float(stats.sq_norms.sum()) / population) if population else 0.0
+
+        def grad_range(spec: HistogramRequest) -> tuple[float, float]:
+            if spec.range is not None:
+                return float(spec.range[0]), float(spec.range[1])
+            half = ADAPTIVE_RANGE_RMS * rms if rms > 0 and math.isfinite(rms) else 1.0
+            return -half, half
+
+        if request.hist1d is not None:
+            spec = request.hist1d
+            stats.hist1d = histogram_1d(sample, *grad_range(spec), int(spec.bins))
+        if request.hist2d is not None:
+            spec = request.hist2d
+            values = torch.cat([p.detach().reshape(-1) for p in self.params])
+            low, high = float(values.min()), float(values.max())
+            if not (math.isfinite(low) and math.isfinite(high)):
+                low, high = -1.0, 1.0
+            if high <= low:
+                low, high = low - 0.5, high + 0.5
+            stats.hist2d = histogram_2d(sample, (low, high), grad_range(spec), tuple(spec.bins))
+
+    def _curvature(self, request: Request, stats: Statistics, target: Tensor) -> None:
+        model_input = self.capture.model_input
+        if model_input is None:
+            for key in ("diagonal", "max_eigenvalue"):
+                stats.unavailable[key] = "the model's forward call was not recorded"
+            return
+        seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+        with self.capture.suspended():
+            if request.diagonal:
+                try:
+                    stats.diagonal = self.diagonal(
+                        self.model, model_input, target, seed, self.names
+                    )
+                    stats.diagonal_method = self.curvature
+                except NotImplementedError as error:
+                    stats.unavailable["diagonal"] = f"BackPACK cannot handle the model ({error})"
+            if request.max_eigenvalue:
+                try:
+                    stats.max_eigenvalue = self._max_eigenvalue(model_input, target)
+                except RuntimeError as error:  # non-finite curvature makes the solver fail
+                    stats.unavailable["max_eigenvalue"] = f"Lanczos failed ({error})"
+
+    def _max_eigenvalue(self, model_input, target: Tensor) -> EigenResult:
+        """Lanczos on Hessian-vector products of the replayed loss, warm-started from the
+        previous step's eigenvector (float64 Krylov basis)."""
+        loss = replay_loss(self.model, self.loss_fn, model_input, target)
+        hvp = HessianVectorProduct(loss, self.params)
+        start = self.eigenvector
+        if start is None or start.numel() != hvp.dim or not bool(torch.isfinite(start).all()):
+            start = torch.randn(hvp.dim, generator=self.generator, dtype=torch.float64)
+        start = start.to(device=self.params[0].device, dtype=torch.float64)
+        result = lanczos_max_eigenvalue(hvp, start, rtol=self.eigen_rtol,
+                                        max_iter=self.eigen_max_iter)
+        if math.isfinite(result.value):
+            self.eigenvector = result.vector.detach()
+        return result
+
+    def project(self, direction: list[Tensor]) -> Tensor | None:
+        """``g_n . v`` (float64, shape ``[B]``) for the recorded step, or ``None`` if unavailable."""
+        if not self._rules:
+            return None
+        index = {name: i for i, name in enumerate(self.names)}
+        total = None
+        for rule, names in self._rules:
+            dots = rule.dots([direction[index[n]] for n in names]).double().cpu()
+            total = dots if total is None else total + dots
+        return total
+
+    def release(self) -> None:
+        """Free everything recorded at this step."""
+        self._rules = []
+        self.capture.clear()
+
+
+__all__ = ["HistogramRequest", "Request", "Statistics", "StatisticsEngine"]

@@ -1,0 +1,88 @@
+"""Curvature instruments: HessTrace, HessMaxEV, TICDiag and TICTrace (paper App. B.7, B.8)."""
+
+from __future__ import annotations
+
+from ..engine.statistics import Request, Statistics
+from .base import Instrument, require
+from .noise import _flat
+
+CURVATURES = ("exact", "ggn", "mc-ggn")
+
+
+class _DiagonalInstrument(Instrument):
+    def __init__(self, *, curvature: str = "exact") -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        self.curvature = curvature
+
+    def extras(self, stats: Statistics) -> dict:
+        return {"curvature": stats.diagonal_method}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(curvature={self.curvature!r})"
+
+
+class HessTrace(_DiagonalInstrument):
+    """``Tr(H)`` of the mini-batch loss Hessian (``curvature="exact"``), or of the GGN / its
+    Monte-Carlo estimate (named under the record's ``curvature`` key)."""
+
+    name = "HessTrace"
+    needs = Request(diagonal=True)
+
+    def compute(self, stats: Statistics) -> float:
+        require(stats, "diagonal")
+        return float(_flat(stats.diagonal).sum())
+
+
+class HessMaxEV(Instrument):
+    """Largest algebraic eigenvalue of ``H`` by Lanczos (relative tolerance ``rtol``); the number of
+    Hessian-vector products is recorded under ``HessMaxEV_hvps``."""
+
+    name = "HessMaxEV"
+    needs = Request(max_eigenvalue=True)
+
+    def __init__(self, *, rtol: float = 1e-3, max_iter: int = 100) -> None:
+        self.rtol, self.max_iter = float(rtol), int(max_iter)
+
+    def compute(self, stats: Statistics) -> float:
+        require(stats, "max_eigenvalue")
+        return stats.max_eigenvalue.value
+
+    def extras(self, stats: Statistics) -> dict:
+        result = stats.max_eigenvalue
+        if result is None:
+            return {}
+        return {"HessMaxEV_hvps": result.products, "HessMaxEV_converged": result.converged}
+
+
+class _TIC(_DiagonalInstrument):
+    def __init__(self, *, curvature: str = "exact", eps: float = 1e-7) -> None:
+        super().__init__(curvature=curvature)
+        self.eps = float(eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(curvature={self.curvature!r}, eps={self.eps})"
+
+
+class TICDiag(_TIC):
+    """``sum_d M_d / (H_dd + eps)`` (eq. 29), ``M_d = (1/B) sum_n g_{n,d}^2``."""
+
+    name = "TICDiag"
+    needs = Request(diagonal=True, sgs=True)
+
+    def compute(self, stats: Statistics) -> float:
+        require(stats, "diagonal", "sgs")
+        second = _flat(stats.sgs) / stats.batch_size
+        return float((second / (_flat(stats.diagonal) + self.eps)).sum())
+
+
+class TICTrace(_TIC):
+    """``sum_d M_d / (Tr(H) + eps)`` (eq. 28); ``sum_d M_d = (1/B) sum_n ||g_n||^2``."""
+
+    name = "TICTrace"
+    needs = Request(diagonal=True, sq_norms=True)
+
+    def compute(self, stats: Statistics) -> float:
+        require(stats, "diagonal", "sq_norms")
+        second = float(stats.sq_norms.sum()) / stats.batch_size
+        return second / (float(_flat(stats.diagonal).sum()) + self.eps)

@@ -1,0 +1,82 @@
+"""GradHist1d and GradHist2d (paper App. B.5): histograms of individual gradient elements."""
+
+from __future__ import annotations
+
+from ..engine.statistics import HistogramRequest, Request, Statistics
+from .base import Instrument, require
+
+DEFAULT_MAX_ELEMENTS = 2**20
+
+
+def _check(bins, value_range, max_elements) -> None:
+    if value_range is not None and not float(value_range[0]) < float(value_range[1]):
+        raise ValueError(f"range must be (low, high) with low < high, got {value_range}")
+    if max_elements is not None and int(max_elements) < 1:
+        raise ValueError(f"max_elements must be positive or None, got {max_elements}")
+
+
+class GradHist1d(Instrument):
+    """Histogram of the ``B x D`` elements ``g_{n,d}``, network-wide and per parameter.
+
+    ``range=None`` bins ``[-6 r, 6 r]`` with ``r`` the root mean square of all elements (reported in
+    ``edges``); elements outside are counted as under/overflow, never dropped or clamped.  With
+    ``B*D <= max_elements`` every element is binned; above, an unbiased subsample of about
+    ``max_elements`` (``binned < population``); ``max_elements=None`` always bins all.
+    """
+
+    name = "GradHist1d"
+
+    def __init__(
+        self,
+        *,
+        bins: int = 100,
+        range: tuple[float, float] | None = None,
+        max_elements: int | None = DEFAULT_MAX_ELEMENTS,
+    ) -> None:
+        _check(bins, range, max_elements)
+        if int(bins) < 1:
+            raise ValueError(f"bins must be positive, got {bins}")
+        self.spec = HistogramRequest(int(bins), range, max_elements)
+
+    def request(self) -> Request:
+        return Request(hist1d=self.spec)
+
+    def compute(self, stats: Statistics) -> dict:
+        require(stats, "hist1d")
+        return stats.hist1d
+
+    def __repr__(self) -> str:
+        return f"GradHist1d(bins={self.spec.bins}, range={self.spec.range}, " \
+               f"max_elements={self.spec.max_elements})"
+
+
+class GradHist2d(Instrument):
+    """Histogram of the pairs ``(theta_d, g_{n,d})``: ``bins = (parameter bins, gradient bins)``.
+
+    Parameter edges span ``[min theta, max theta]``; gradient edges as in :class:`GradHist1d`.
+    """
+
+    name = "GradHist2d"
+
+    def __init__(
+        self,
+        *,
+        bins: tuple[int, int] = (40, 50),
+        range: tuple[float, float] | None = None,
+        max_elements: int | None = DEFAULT_MAX_ELEMENTS,
+    ) -> None:
+        _check(bins, range, max_elements)
+        if len(bins) != 2 or min(int(b) for b in bins) < 1:
+            raise ValueError(f"bins must be two positive ints, got {bins}")
+        self.spec = HistogramRequest((int(bins[0]), int(bins[1])), range, max_elements)
+
+    def request(self) -> Request:
+        return Request(hist2d=self.spec)
+
+    def compute(self, stats: Statistics) -> dict:
+        require(stats, "hist2d")
+        return stats.hist2d
+
+    def __repr__(self) -> str:
+        return f"GradHist2d(bins={self.spec.bins}, range={self.spec.range}, " \
+               f"max_elements={self.spec.max_elements})"

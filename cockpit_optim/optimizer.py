@@ -1,0 +1,362 @@
+"""``MonitoredOptimizer``: wraps any ``torch.optim.Optimizer`` and takes the instruments' readings
+inside ``step()`` at the steps a schedule selects (SPEC section 2)."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .engine.losses import check_loss_module
+from .engine.statistics import Request, Statistics, StatisticsEngine
+from .errors import CockpitError, ReadingWarning
+from .instruments import Instrument, resolve
+from .instruments.alpha import AlphaObservations, LineObservation
+from .log import LogWriter
+from .schedules import Schedule, as_schedule
+
+__all__ = ["MonitoredOptimizer"]
+
+
+def _flat_norm(tensors: Iterable[Tensor]) -> float:
+    return math.sqrt(sum(float(t.detach().double().square().sum()) for t in tensors))
+
+
+class MonitoredOptimizer(Optimizer):
+    """Wrap ``optimizer`` and record the readings of ``instruments`` at tracked steps.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` over (some of) ``model``'s parameters.
+        model: the module whose forward computes the predictions passed to ``loss_fn``.
+        loss_fn: mean-reduced loss module; compute the loss by calling this very object.
+        instruments: ``"economy"``, ``"business"``, ``"full"`` or names / instrument objects.
+        track: tracking interval (int) or schedule ``step -> bool`` (see :mod:`.schedules`).
+        log_dir: folder for ``cockpit.jsonl``; ``None`` keeps records in memory only.
+        controllers: objects with ``observe(record, optimizer) -> list[dict]`` acting on readings.
+        seed: seed of the private generator (subsampling, random start vectors).
+
+    Passive use (no controllers) leaves the parameter trajectory and the global RNG exactly as
+    with the bare optimizer.  ``readings`` is the newest complete record, ``history`` all of them.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        instruments: str | Iterable[str | Instrument] = "economy",
+        track: int | Schedule = 1,
+        log_dir: str | os.PathLike | None = None,
+        controllers: Sequence[Any] = (),
+        *,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+        if isinstance(optimizer, MonitoredOptimizer):
+            raise TypeError("optimizer is already a MonitoredOptimizer")
+        check_loss_module(loss_fn)
+        self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
+        self.controllers = list(controllers)
+        self.instruments: list[Instrument] = resolve(instruments)
+        for controller in self.controllers:  # instruments a controller reads are always tracked
+            for name in getattr(controller, "instruments", ()):
+                if name not in {i.name for i in self.instruments}:
+                    self.instruments.extend(resolve([name]))
+        self.schedule = as_schedule(track)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._request = Request()
+        for instrument in self.instruments:
+            self._request = self._request | instrument.request()
+        named = self._monitored_parameters(model, optimizer)
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self.engine = StatisticsEngine(
+            model, loss_fn, named, self._generator,
+            curvature=self._curvature_method(),
+            diagonal=self._request.diagonal,
+            **self._eigen_options(),
+        )
+        self._writer = LogWriter(log_dir) if log_dir is not None else None
+        self.history: list[dict] = []
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self._step = 0
+        self._theta0: list[Tensor] | None = None
+        self._pending: dict | None = None
+        self._arm()
+
+    # ------------------------------------------------------------- torch.optim facade
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):  # type: ignore[override]
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        raise CockpitError(
+            "add_param_group on a MonitoredOptimizer is not supported: the monitored parameter set "
+            "is fixed at construction. Build the wrapped optimizer with all groups first."
+        )
+
+    def __repr__(self) -> str:
+        names = ", ".join(i.name for i in self.instruments)
+        return f"MonitoredOptimizer({self.optimizer!r}, instruments=[{names}], track={self.schedule})"
+
+    @property
+    def readings(self) -> dict:
+        """The newest complete record (empty before the first one)."""
+        return self.history[-1] if self.history else {}
+
+    @property
+    def step_count(self) -> int:
+        """Number of ``step()`` calls so far (the next step's index)."""
+        return self._step
+
+    # --------------------------------------------------------------------- set-up
+    @staticmethod
+    def _monitored_parameters(model: nn.Module, optimizer: Optimizer) -> list[tuple[str, Tensor]]:
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        named = [
+            (name, p) for name, p in model.named_parameters()
+            if id(p) in in_optimizer and p.requires_grad
+        ]
+        found = {id(p) for _, p in named}
+        foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in found]
+        if any(p.requires_grad for p in foreign):
+            raise CockpitError(
+                f"{len(foreign)} parameter(s) of the optimizer are not parameters of the model; "
+                "pass the model whose parameters the optimizer updates."
+            )
+        if not named:
+            raise CockpitError("the optimizer holds no trainable parameter of the model")
+        return named
+
+    def _curvature_method(self) -> str:
+        methods = {i.curvature for i in self.instruments if hasattr(i, "curvature")}
+        if len(methods) > 1:
+            raise ValueError(f"curvature instruments disagree on the method: {sorted(methods)}")
+        return methods.pop() if methods else "exact"
+
+    def _eigen_options(self) -> dict:
+        for instrument in self.instruments:
+            if instrument.name == "HessMaxEV":
+                return {"eigen_rtol": instrument.rtol, "eigen_max_iter": instrument.max_iter}
+        return {}
+
+    def _records_at(self, step: int) -> bool:
+        return bool(self.schedule(step)) and self._request.recording
+
+    def _arm(self) -> None:
+        """Record the next step's forward/backward only if that step needs it."""
+        self.engine.capture.clear()
+        self.engine.capture.armed = self._records_at(self._step) or self._pending is not None
+
+    # ----------------------------------------------------------------------- step
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """Evaluate ``closure`` (if given), take the readings due at this step, update."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        t = self._step
+        tracked = bool(self.schedule(t))
+        try:
+            record, stats = self._before_update(t, tracked)
+        except CockpitError:
+            self.engine.release()
+            self._arm()
+            raise
+        except Exception as error:  # a failing gauge never stops training
+            warnings.warn(f"readings of step {t} failed and are skipped: {error!r}",
+                          ReadingWarning, stacklevel=2)
+            record, stats, tracked, self._pending = None, None, False, None
+        before = None
+        if tracked and self._request.update:
+            before = [p.detach().clone() for p in self._params]
+        self.optimizer.step()
+        try:
+            if tracked:
+                self._after_update(record, stats, before)
+        except Exception as error:
+            warnings.warn(f"readings of step {t} failed and are skipped: {error!r}",
+                          ReadingWarning, stacklevel=2)
+            self._pending = None
+        finally:
+            self.engine.release()
+            self._step += 1
+            self._arm()
+        return loss
+
+    def _has_alpha(self) -> bool:
+        return any(i.name == "Alpha" for i in self.instruments)
+
+    def _lr(self) -> float:
+        return float(self.param_groups[0].get("lr", math.nan))
+
+    def _check_gradients(self) -> None:
+        missing = [n for n, p in zip(self._names, self._params) if p.grad is None]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise CockpitError(
+                f"parameter(s) without gradient at a tracked step: {shown}. Call loss.backward() "
+                "before step() (or pass a closure), and freeze unused parameters with "
+                "requires_grad_(False) or leave them out of the optimizer."
+            )
+
+    def _before_update(self, t: int, tracked: bool) -> tuple[dict | None, Statistics | None]:
+        completing = self._pending is not None
+        if not (tracked and self._request.recording) and not completing:
+            return ({"step": t} if tracked else None), None
+        self._check_gradients()
+        request = self._request if tracked else Request(losses=True, projection=True)
+        stats = self.engine.collect(request, self._lr())
+        if completing:
+            self._complete_alpha(stats)
+        if not tracked:
+            return None, None
+        if self._request.distance:
+            if self._theta0 is None:
+                self._theta0 = [p.detach().clone() for p in self._params]
+            stats.distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
+        record = {"step": t, "lr": self._lr(), "batch_size": stats.batch_size}
+        for instrument in self.instruments:
+            if not instrument.after_update:
+                self._read(instrument, stats, record)
+        return record, stats
+
+    def _read(self, instrument: Instrument, stats: Statistics, record: dict) -> None:
+        record[instrument.name] = instrument.read(stats)
+        if hasattr(instrument, "extras"):
+            record.update(instrument.extras(stats))
+
+    def _after_update(self, record: dict, stats: Statistics | None, before) -> None:
+        if stats is None:  # tracked step with instruments that need no statistics (e.g. Time)
+            stats = Statistics(batch_size=0, names=self._names, lr=self._lr())
+            for instrument in self.instruments:
+                self._read(instrument, stats, record)
+            self._finish(record)
+            return
+        alpha = None
+        if before is not None:
+            update = [p.detach() - b for p, b in zip(self._params, before)]
+            stats.update_size = _flat_norm(update)
+            if self._has_alpha():
+                alpha = self._start_alpha(stats, update)
+        for instrument in self.instruments:
+            if instrument.after_update and instrument.name != "Alpha":
+                self._read(instrument, stats, record)
+        if alpha is None:
+            self._finish(record)
+        else:
+            self._pending = {"record": record, **alpha}
+
+    # ---------------------------------------------------------------------- Alpha
+    def _start_alpha(self, stats: Statistics, update: list[Tensor]) -> dict:
+        size = stats.update_size
+        if size == 0.0 or not math.isfinite(size):
+            return {"size": size, "direction": None, "start": None}
+        direction = [u / size for u in update]
+        start = None
+        projections = self.engine.project(direction)
+        if stats.batch_size >= 2 and projections is not None:
+            start = LineObservation.from_samples(stats.losses, projections)
+        return {"size": size, "direction": direction, "start": start}
+
+    def _complete_alpha(self, stats: Statistics) -> None:
+        pending, self._pending = self._pending, None
+        end = None
+        if pending["direction"] is not None and stats.batch_size >= 2:
+            projections = self.engine.project(pending["direction"])
+            if projections is not None:
+                end = LineObservation.from_samples(stats.losses, projections)
+        reason = stats.unavailable.get("projection", "batch size below 2")
+        alpha_stats = Statistics(batch_size=stats.batch_size, names=self._names, lr=stats.lr)
+        alpha_stats.alpha = AlphaObservations(pending["size"], pending["start"], end)
+        alpha_stats.unavailable["alpha"] = reason
+        record = pending["record"]
+        for instrument in self.instruments:
+            if instrument.name == "Alpha":
+                record["Alpha"] = instrument.read(alpha_stats)
+        self._finish(record)
+
+    # -------------------------------------------------------------------- records
+    def _finish(self, record: dict) -> None:
+        actions = []
+        for controller in self.controllers:
+            actions.extend(controller.observe(record, self) or [])
+        if actions:
+            record["actions"] = actions
+        self.history.append(record)
+        if self._writer is not None:
+            self._writer.write(record)
+
+    # ---------------------------------------------------------------- state dicts
+    def state_dict(self) -> dict:
+        """The wrapped optimizer's state plus the monitor's (step, theta_0, pending Alpha data,
+        private generator, Lanczos warm start, history, controllers)."""
+        pending = None
+        if self._pending is not None:
+            start = self._pending["start"]
+            pending = {
+                "record": self._pending["record"],
+                "size": self._pending["size"],
+                "direction": self._pending["direction"],
+                "start": None if start is None else vars(start).copy(),
+            }
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "monitor": {
+                "step": self._step,
+                "theta0": self._theta0,
+                "pending": pending,
+                "generator": self._generator.get_state(),
+                "eigenvector": self.engine.eigenvector,
+                "history": list(self.history),
+                "controllers": [c.state_dict() for c in self.controllers
+                                if hasattr(c, "state_dict")],
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a state from :meth:`state_dict` (a plain optimizer state dict also works).
+        With a ``log_dir``, records the restored run had not completed are dropped from the log so
+        the continued run neither loses nor duplicates one."""
+        if "monitor" not in state_dict:
+            self.optimizer.load_state_dict(state_dict)
+            return
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        monitor = state_dict["monitor"]
+        self._step = int(monitor["step"])
+        self._theta0 = monitor["theta0"]
+        pending = monitor["pending"]
+        if pending is not None:
+            start = pending["start"]
+            pending = {**pending, "start": None if start is None else LineObservation(**start)}
+        self._pending = pending
+        self._generator.set_state(monitor["generator"])
+        self.engine.eigenvector = monitor["eigenvector"]
+        self.history = list(monitor["history"])
+        for controller, state in zip(
+            [c for c in self.controllers if hasattr(c, "load_state_dict")], monitor["controllers"]
+        ):
+            controller.load_state_dict(state)
+        if self._writer is not None:
+            first_open = pending["record"]["step"] if pending is not None else self._step
+            self._writer.drop_from(first_open)
+        self._arm()
