@@ -78,7 +78,10 @@ class MonitoredOptimizer(Optimizer):
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self.engine = StatisticsEngine(
-            model, loss_fn, named, self._generator,
+            model,
+            loss_fn,
+            named,
+            self._generator,
             curvature=self._curvature_method(),
             diagonal=self._request.diagonal,
             **self._eigen_options(),
@@ -116,7 +119,9 @@ class MonitoredOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         names = ", ".join(i.name for i in self.instruments)
-        return f"MonitoredOptimizer({self.optimizer!r}, instruments=[{names}], track={self.schedule})"
+        return (
+            f"MonitoredOptimizer({self.optimizer!r}, instruments=[{names}], track={self.schedule})"
+        )
 
     @property
     def readings(self) -> dict:
@@ -133,7 +138,8 @@ class MonitoredOptimizer(Optimizer):
     def _monitored_parameters(model: nn.Module, optimizer: Optimizer) -> list[tuple[str, Tensor]]:
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         named = [
-            (name, p) for name, p in model.named_parameters()
+            (name, p)
+            for name, p in model.named_parameters()
             if id(p) in in_optimizer and p.requires_grad
         ]
         found = {id(p) for _, p in named}
@@ -183,8 +189,11 @@ class MonitoredOptimizer(Optimizer):
             self._arm()
             raise
         except Exception as error:  # a failing gauge never stops training
-            warnings.warn(f"readings of step {t} failed and are skipped: {error!r}",
-                          ReadingWarning, stacklevel=2)
+            warnings.warn(
+                f"readings of step {t} failed and are skipped: {error!r}",
+                ReadingWarning,
+                stacklevel=2,
+            )
             record, stats, tracked, self._pending = None, None, False, None
         before = None
         if tracked and self._request.update:
@@ -194,8 +203,11 @@ class MonitoredOptimizer(Optimizer):
             if tracked:
                 self._after_update(record, stats, before)
         except Exception as error:
-            warnings.warn(f"readings of step {t} failed and are skipped: {error!r}",
-                          ReadingWarning, stacklevel=2)
+            warnings.warn(
+                f"readings of step {t} failed and are skipped: {error!r}",
+                ReadingWarning,
+                stacklevel=2,
+            )
             self._pending = None
         finally:
             self.engine.release()
@@ -328,8 +340,9 @@ class MonitoredOptimizer(Optimizer):
                 "generator": self._generator.get_state(),
                 "eigenvector": self.engine.eigenvector,
                 "history": list(self.history),
-                "controllers": [c.state_dict() for c in self.controllers
-                                if hasattr(c, "state_dict")],
+                "controllers": [
+                    c.state_dict() for c in self.controllers if hasattr(c, "state_dict")
+                ],
             },
         }
 

@@ -49,7 +49,7 @@ class logarithmic:
             raise ValueError(f"logarithmic schedule needs points >= 1, got {points}")
         self.start, self.end, self.points = int(start), int(end), int(points)
         grid = np.logspace(math.log10(self.start + 1), math.log10(self.end + 1), self.points) - 1
-        steps = {int(round(s)) for s in grid} | {self.start, self.end}
+        steps = {round(s) for s in grid} | {self.start, self.end}
         self.steps: frozenset[int] = frozenset(s for s in steps if self.start <= s <= self.end)
 
     def __call__(self, step: int) -> bool:

@@ -57,14 +57,17 @@ class Capture:
             loss_fn.register_forward_hook(self._on_loss),
         ]
         for module_name, module in model.named_modules():
-            direct = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) in monitored]
+            direct = [
+                (n, p) for n, p in module.named_parameters(recurse=False) if id(p) in monitored
+            ]
             if not direct:
                 continue
             names = [monitored[id(p)] for _, p in direct]
             factory = rule_factory(module)
             if factory is None:
-                self.unsupported.append((module_name or type(module).__name__,
-                                         type(module).__name__, names))
+                self.unsupported.append(
+                    (module_name or type(module).__name__, type(module).__name__, names)
+                )
                 continue
             slot = LayerSlot(module_name, module, names, factory)
             self.slots.append(slot)

@@ -52,9 +52,7 @@ class HessianVectorProduct:
     def __init__(self, loss: Tensor, params: Sequence[Tensor]) -> None:
         self.params = list(params)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        self._pairs = [
-            (i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad
-        ]
+        self._pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self.dim = sum(p.numel() for p in self.params)
         self.calls = 0
 
@@ -71,10 +69,12 @@ class HessianVectorProduct:
         products = torch.autograd.grad(
             outputs, self.params, grad_outputs, retain_graph=True, allow_unused=True
         )
-        return torch.cat([
-            (h if h is not None else torch.zeros_like(p)).reshape(-1).to(vector.dtype)
-            for h, p in zip(products, self.params)
-        ])
+        return torch.cat(
+            [
+                (h if h is not None else torch.zeros_like(p)).reshape(-1).to(vector.dtype)
+                for h, p in zip(products, self.params)
+            ]
+        )
 
 
 @dataclass
@@ -157,7 +157,11 @@ class DiagonalCurvature:
         return {"exact": DiagHessian, "ggn": DiagGGNExact, "mc-ggn": DiagGGNMC}[self.method]()
 
     def __call__(
-        self, model: nn.Module, model_input: ModelInput, target: Tensor, seed: int,
+        self,
+        model: nn.Module,
+        model_input: ModelInput,
+        target: Tensor,
+        seed: int,
         names: Sequence[str],
     ) -> list[Tensor]:
         """Diagonal per parameter named in ``names`` (names of ``model.named_parameters``)."""
@@ -165,7 +169,7 @@ class DiagonalCurvature:
 
         shadow_params = dict(self.shadow.named_parameters())
         with torch.no_grad():
-            for (name, p), (_, s) in zip(model.named_parameters(), self.shadow.named_parameters()):
+            for (_name, p), (_, s) in zip(model.named_parameters(), self.shadow.named_parameters()):
                 s.copy_(p)
             for b, s in zip(model.buffers(), self.shadow.buffers()):
                 s.copy_(b)

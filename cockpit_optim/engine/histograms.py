@@ -17,9 +17,7 @@ from .layers import LayerRule
 _CHUNK_ELEMENTS = 2**22
 
 
-def _row_selection(
-    total_rows: int, fraction: float, generator: torch.Generator
-) -> Tensor:
+def _row_selection(total_rows: int, fraction: float, generator: torch.Generator) -> Tensor:
     expected = total_rows * fraction
     count = int(expected)
     if torch.rand((), generator=generator).item() < expected - count:
@@ -48,11 +46,9 @@ def draw_elements(
 ) -> ElementSample:
     """All elements when ``B*D <= max_elements`` (or ``max_elements is None``), else a subsample."""
     sample = ElementSample()
-    population = sum(
-        rule.batch_size * param.numel() for rule, _ in rules for param in rule.params
-    )
-    fraction = 1.0 if max_elements is None or population <= max_elements else (
-        max_elements / population
+    population = sum(rule.batch_size * param.numel() for rule, _ in rules for param in rule.params)
+    fraction = (
+        1.0 if max_elements is None or population <= max_elements else (max_elements / population)
     )
     for rule, names in rules:
         batch = rule.batch_size
@@ -149,10 +145,22 @@ def histogram_2d(
             p_over = params > param_range[1]
             inside = ~(g_under | g_over | p_under | p_over)
             outside += int((~inside).sum())
-            gi = ((values[inside].double() - grad_range[0])
-                  * (grad_bins / (grad_range[1] - grad_range[0]))).floor().long()
-            pi = ((params[inside].double() - param_range[0])
-                  * (param_bins / (param_range[1] - param_range[0]))).floor().long()
+            gi = (
+                (
+                    (values[inside].double() - grad_range[0])
+                    * (grad_bins / (grad_range[1] - grad_range[0]))
+                )
+                .floor()
+                .long()
+            )
+            pi = (
+                (
+                    (params[inside].double() - param_range[0])
+                    * (param_bins / (param_range[1] - param_range[0]))
+                )
+                .floor()
+                .long()
+            )
             gi.clamp_(0, grad_bins - 1)
             pi.clamp_(0, param_bins - 1)
             counts += torch.bincount(pi * grad_bins + gi, minlength=param_bins * grad_bins).cpu()

@@ -56,19 +56,25 @@ class Request:
     update: bool = False
 
     def __or__(self, other: Request) -> Request:
-        return Request(**{
-            name: getattr(self, name) or getattr(other, name) for name in self.__dataclass_fields__
-        })
+        return Request(
+            **{
+                name: getattr(self, name) or getattr(other, name)
+                for name in self.__dataclass_fields__
+            }
+        )
 
     @property
     def first_order(self) -> bool:
-        return any((self.sq_norms, self.dots, self.mean_grads, self.sgs, self.hist1d,
-                    self.hist2d))
+        return any((self.sq_norms, self.dots, self.mean_grads, self.sgs, self.hist1d, self.hist2d))
 
     @property
     def recording(self) -> bool:
-        return self.first_order or self.projection or self.losses or self.diagonal or (
-            self.max_eigenvalue
+        return (
+            self.first_order
+            or self.projection
+            or self.losses
+            or self.diagonal
+            or (self.max_eigenvalue)
         )
 
 
@@ -136,7 +142,8 @@ class StatisticsEngine:
         self.capture = Capture(model, loss_fn, {id(p): n for n, p in named_params})
         self._rules: list[tuple[LayerRule, list[str]]] = []
         self._batchnorms = [
-            (name, m) for name, m in model.named_modules()
+            (name, m)
+            for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
 
@@ -172,8 +179,9 @@ class StatisticsEngine:
             elif slot.inputs is None or slot.grad_out is None:
                 problems.append(f"module '{slot.name}' got no output gradient")
             else:
-                rules.append((slot.factory(slot.module, slot.inputs, slot.grad_out),
-                              slot.param_names))
+                rules.append(
+                    (slot.factory(slot.module, slot.inputs, slot.grad_out), slot.param_names)
+                )
         return rules, ("; ".join(problems) or None)
 
     # ------------------------------------------------------------------------ collect
@@ -299,8 +307,9 @@ class StatisticsEngine:
         if start is None or start.numel() != hvp.dim or not bool(torch.isfinite(start).all()):
             start = torch.randn(hvp.dim, generator=self.generator, dtype=torch.float64)
         start = start.to(device=self.params[0].device, dtype=torch.float64)
-        result = lanczos_max_eigenvalue(hvp, start, rtol=self.eigen_rtol,
-                                        max_iter=self.eigen_max_iter)
+        result = lanczos_max_eigenvalue(
+            hvp, start, rtol=self.eigen_rtol, max_iter=self.eigen_max_iter
+        )
         if math.isfinite(result.value):
             self.eigenvector = result.vector.detach()
         return result

@@ -31,8 +31,10 @@ class LineObservation:
         """From individual losses ``l_n`` and slopes ``g_n . u`` (float64 tensors, length B >= 2)."""
         b = losses.numel()
         return cls(
-            float(losses.mean()), float(losses.var(unbiased=True)) / b,
-            float(projections.mean()), float(projections.var(unbiased=True)) / b,
+            float(losses.mean()),
+            float(losses.var(unbiased=True)) / b,
+            float(projections.mean()),
+            float(projections.var(unbiased=True)) / b,
         )
 
 
@@ -46,10 +48,12 @@ def fit_alpha(step: float, start: LineObservation, end: LineObservation) -> floa
     if (variances == 0).any():
         warn_reading("Alpha: an observed variance is zero; replaced by 1e-10")
         variances = np.where(variances == 0, MIN_VARIANCE, variances)
-    design = np.array([[1.0, 0.0, 0.0], [1.0, step, step**2], [0.0, 1.0, 0.0], [0.0, 1.0, 2 * step]])
+    design = np.array(
+        [[1.0, 0.0, 0.0], [1.0, step, step**2], [0.0, 1.0, 0.0], [0.0, 1.0, 2 * step]]
+    )
     values = np.array([start.loss, end.loss, start.slope, end.slope])
     sqrt_w = 1.0 / np.sqrt(variances)
-    w0, w1, w2 = np.linalg.lstsq(design * sqrt_w[:, None], values * sqrt_w, rcond=None)[0]
+    _w0, w1, w2 = np.linalg.lstsq(design * sqrt_w[:, None], values * sqrt_w, rcond=None)[0]
     if not w2 > 0:
         return -1.0
     return float(2.0 * step / (-w1 / w2) - 1.0)

@@ -46,8 +46,10 @@ class GradHist1d(Instrument):
         return stats.hist1d
 
     def __repr__(self) -> str:
-        return f"GradHist1d(bins={self.spec.bins}, range={self.spec.range}, " \
-               f"max_elements={self.spec.max_elements})"
+        return (
+            f"GradHist1d(bins={self.spec.bins}, range={self.spec.range}, "
+            f"max_elements={self.spec.max_elements})"
+        )
 
 
 class GradHist2d(Instrument):
@@ -78,5 +80,7 @@ class GradHist2d(Instrument):
         return stats.hist2d
 
     def __repr__(self) -> str:
-        return f"GradHist2d(bins={self.spec.bins}, range={self.spec.range}, " \
-               f"max_elements={self.spec.max_elements})"
+        return (
+            f"GradHist2d(bins={self.spec.bins}, range={self.spec.range}, "
+            f"max_elements={self.spec.max_elements})"
+        )
