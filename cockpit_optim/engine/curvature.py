@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -85,6 +84,11 @@ class EigenResult:
     converged: bool
 
 
+# The gap in the error bound comes from Ritz values, which overestimate the spectral gap early on;
+# asking for a 4x smaller bound keeps the true relative error below rtol in practice.
+_SAFETY = 0.25
+
+
 def lanczos_max_eigenvalue(
     matvec: Callable[[Tensor], Tensor],
     start: Tensor,
@@ -118,12 +122,15 @@ def lanczos_max_eigenvalue(
         value = float(evals[-1])
         top = evecs[:, -1].to(start.dtype)
         residual = abs(beta * float(top[-1]))
-        gap = float(evals[-1] - evals[-2]) if k else math.inf
-        bound = min(residual, residual**2 / gap) if gap > 0 else residual
+        bound = residual
+        if k >= 1 and evals[-1] > evals[-2]:
+            bound = min(residual, residual**2 / float(evals[-1] - evals[-2]))
         scale = abs(value) if value != 0 else 1.0
-        if bound <= rtol * scale or beta <= 1e-12 * scale or k + 1 == min(max_iter, dim):
+        if bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale or k + 1 == min(max_iter, dim):
             ritz = q.T @ top
-            return EigenResult(value, ritz, k + 1, bound <= rtol * scale or beta <= 1e-12 * scale)
+            return EigenResult(
+                value, ritz, k + 1, bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale
+            )
         betas.append(beta)
         basis.append(w / beta)
     return EigenResult(value, ritz, len(alphas), False)

@@ -81,25 +81,32 @@ def rule_positions(rule: LayerRule) -> int:
     return inputs.shape[1] if inputs is not None else 1
 
 
-def _bin_index(values: Tensor, low: float, high: float, bins: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Bin indices of in-range values (last bin closed), and masks of under- and overflow."""
-    under = values < low
-    over = values > high
-    inside = ~(under | over)
-    scaled = (values[inside].double() - low) * (bins / (high - low))
-    index = scaled.floor().long().clamp_(0, bins - 1)  # value == high lands in the last bin
-    return index, under, over
+def _bin_index(values: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Bin indices of in-range values against the reported ``edges`` (bins ``[e_i, e_{i+1})``, the
+    last one closed, as numpy), and the masks of under- and overflow."""
+    under = values < edges[0]
+    over = values > edges[-1]
+    inside = values[~(under | over)].to(edges.dtype)
+    index = torch.bucketize(inside, edges, right=True) - 1
+    return index.clamp_(0, edges.numel() - 2), under, over
+
+
+def _edges(low: float, high: float, bins: int, device) -> Tensor:
+    return torch.linspace(low, high, bins + 1, dtype=torch.float64, device=device)
 
 
 def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> dict:
     """GradHist1d record (SPEC section 3): network-wide and per-parameter int64 counts."""
     layers, total = {}, None
+    edges = None
     for name, chunks in sample.values.items():
         counts = torch.zeros(bins, dtype=torch.int64)
         under = over = binned = 0
         for values in chunks:
             values = values[~torch.isnan(values)]
-            index, below, above = _bin_index(values, low, high, bins)
+            if edges is None or edges.device != values.device:
+                edges = _edges(low, high, bins, values.device)
+            index, below, above = _bin_index(values, edges)
             counts += torch.bincount(index, minlength=bins).cpu()
             under += int(below.sum())
             over += int(above.sum())
@@ -112,9 +119,8 @@ def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> d
             "population": sample.population[name],
         }
         total = counts if total is None else total + counts
-    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64).tolist()
     return {
-        "edges": edges,
+        "edges": _edges(low, high, bins, "cpu").tolist(),
         "counts": (total if total is not None else torch.zeros(bins, dtype=torch.int64)).tolist(),
         "underflow": sum(layer["underflow"] for layer in layers.values()),
         "overflow": sum(layer["overflow"] for layer in layers.values()),
@@ -139,34 +145,18 @@ def histogram_2d(
             keep = ~torch.isnan(values)
             values, params = values[keep], params[keep]
             binned += values.numel()
-            g_under = values < grad_range[0]
-            g_over = values > grad_range[1]
-            p_under = params < param_range[0]
-            p_over = params > param_range[1]
-            inside = ~(g_under | g_over | p_under | p_over)
+            grad_edges = _edges(*grad_range, grad_bins, values.device)
+            param_edges = _edges(*param_range, param_bins, values.device)
+            g_out = (values < grad_edges[0]) | (values > grad_edges[-1])
+            p_out = (params < param_edges[0]) | (params > param_edges[-1])
+            inside = ~(g_out | p_out)
             outside += int((~inside).sum())
-            gi = (
-                (
-                    (values[inside].double() - grad_range[0])
-                    * (grad_bins / (grad_range[1] - grad_range[0]))
-                )
-                .floor()
-                .long()
-            )
-            pi = (
-                (
-                    (params[inside].double() - param_range[0])
-                    * (param_bins / (param_range[1] - param_range[0]))
-                )
-                .floor()
-                .long()
-            )
-            gi.clamp_(0, grad_bins - 1)
-            pi.clamp_(0, param_bins - 1)
+            gi = _bin_index(values[inside], grad_edges)[0]
+            pi = _bin_index(params[inside], param_edges)[0]
             counts += torch.bincount(pi * grad_bins + gi, minlength=param_bins * grad_bins).cpu()
     return {
-        "param_edges": torch.linspace(*param_range, param_bins + 1, dtype=torch.float64).tolist(),
-        "grad_edges": torch.linspace(*grad_range, grad_bins + 1, dtype=torch.float64).tolist(),
+        "param_edges": _edges(*param_range, param_bins, "cpu").tolist(),
+        "grad_edges": _edges(*grad_range, grad_bins, "cpu").tolist(),
         "counts": counts.reshape(param_bins, grad_bins).tolist(),
         "outside": outside,
         "binned": binned,

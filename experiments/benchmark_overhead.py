@@ -1,0 +1,369 @@
+"""Per-step overhead of ``MonitoredOptimizer`` relative to a plain SGD step.
+
+Every configuration is timed in one process, interleaved with the plain baseline: for each problem
+one model per configuration is built from the same initialization and warmed up, then in each of
+``--rounds`` rounds every configuration (the plain loop included) runs ``--steps`` timed steps in
+turn.  The reported number is the median over rounds of ``config time / plain time`` with both times
+taken in the same round, which cancels most of the drift of a shared machine.
+
+Configurations:
+
+* ``plain``: bare ``torch.optim.SGD`` loop (``zero_grad``, forward, loss, ``backward``, ``step``),
+* ``economy`` / ``business`` / ``full``: ``MonitoredOptimizer(..., instruments=cfg, track=1)``,
+* ``untracked``: ``instruments="full"`` with ``track=10**9``; steps 0 (tracked) and 1 (which completes
+  the Alpha reading of step 0) are the warm-up, so only untracked steps are timed,
+* with ``--instruments``: each instrument of ``cockpit_optim.instruments.FULL`` alone, ``track=1``.
+
+Problems (batch 128, random inputs and labels, ``CrossEntropyLoss``, SGD with ``lr=0.01``):
+
+* ``mlp``: 784-256-10 MLP on MNIST-shaped inputs (203,530 parameters),
+* ``3c3d``: DeepOBS CIFAR-10 3C3D on CIFAR-shaped inputs (895,210 parameters).
+
+A configuration whose warm-up step takes longer than ``--slow-threshold`` seconds is timed with one
+step per round; the output says so.
+
+Example::
+
+    python experiments/benchmark_overhead.py --problems mlp --rounds 3 --json /tmp/ratios.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from cockpit_optim import MonitoredOptimizer, ReadingWarning
+from cockpit_optim.instruments import FULL
+
+BATCH_SIZE = 128
+LR = 0.01
+PROBLEMS = ("mlp", "3c3d")
+CONFIGS = ("economy", "business", "full", "untracked")
+WARMUP_STEPS = 2
+PARAMS_3C3D = 895_210
+PARAMS_MLP = 203_530
+
+
+# ---------------------------------------------------------------------------------- problems
+def mlp() -> nn.Module:
+    """784-256-10 ReLU MLP for MNIST-shaped inputs."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def _same_pool() -> nn.Module:
+    """Max-pool 3x3 stride 2 with TensorFlow ``'same'`` output size (28 -> 14, 12 -> 6, 6 -> 3).
+
+    ``padding=1`` gives the same output sizes as TensorFlow's right/bottom padding; the windows are
+    shifted by one pixel, which changes neither the cost nor the parameter count.
+    """
+    return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+
+def c3d3() -> nn.Module:
+    """DeepOBS CIFAR-10 3C3D (three conv + three dense layers) for CIFAR-shaped inputs."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=5),  # 32 -> 28 (valid)
+        nn.ReLU(),
+        _same_pool(),  # 28 -> 14
+        nn.Conv2d(64, 96, kernel_size=3),  # 14 -> 12 (valid)
+        nn.ReLU(),
+        _same_pool(),  # 12 -> 6
+        nn.Conv2d(96, 128, kernel_size=3, padding=1),  # 6 -> 6 (same)
+        nn.ReLU(),
+        _same_pool(),  # 6 -> 3
+        nn.Flatten(),
+        nn.Linear(128 * 3 * 3, 512),
+        nn.ReLU(),
+        nn.Linear(512, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
+    )
+
+
+@dataclass
+class Problem:
+    """A model (the common initialization), one fixed batch, and the loss module."""
+
+    name: str
+    model: nn.Module
+    inputs: Tensor
+    labels: Tensor
+
+
+def build_problem(name: str, seed: int) -> Problem:
+    """Model and a random batch for problem ``name``; parameter counts are asserted."""
+    torch.manual_seed(seed)
+    if name == "mlp":
+        model, shape, params = mlp(), (BATCH_SIZE, 1, 28, 28), PARAMS_MLP
+    elif name == "3c3d":
+        model, shape, params = c3d3(), (BATCH_SIZE, 3, 32, 32), PARAMS_3C3D
+    else:
+        raise ValueError(f"unknown problem {name!r}")
+    count = sum(p.numel() for p in model.parameters())
+    assert count == params, f"{name}: {count} parameters, expected {params}"
+    inputs = torch.randn(shape)
+    labels = torch.randint(0, 10, (BATCH_SIZE,))
+    with torch.no_grad():
+        assert model(inputs).shape == (BATCH_SIZE, 10)
+    return Problem(name, model, inputs, labels)
+
+
+# ------------------------------------------------------------------------------- runners
+@dataclass
+class Runner:
+    """One configuration on its own copy of the model; ``step()`` is one training step."""
+
+    name: str
+    step: Callable[[], None]
+    optimizer: torch.optim.Optimizer
+    steps: int = 0
+    reduced: bool = False
+    warmup_seconds: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # mean seconds per step, one per round
+    reading_warnings: int = 0
+
+
+def make_runner(problem: Problem, config: str, seed: int) -> Runner:
+    """A training step for ``config`` (``plain``, a configuration name, or ``instr:<Name>``)."""
+    model = copy.deepcopy(problem.model)
+    loss_fn = nn.CrossEntropyLoss()
+    sgd = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = problem.inputs, problem.labels
+    if config == "plain":
+        optimizer: torch.optim.Optimizer = sgd
+    elif config == "untracked":
+        optimizer = MonitoredOptimizer(sgd, model, loss_fn, "full", track=10**9, seed=seed)
+    elif config.startswith("instr:"):
+        name = config.removeprefix("instr:")
+        optimizer = MonitoredOptimizer(sgd, model, loss_fn, [name], track=1, seed=seed)
+    else:
+        optimizer = MonitoredOptimizer(sgd, model, loss_fn, config, track=1, seed=seed)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return Runner(config, step, optimizer)
+
+
+def run_steps(runner: Runner, count: int) -> float:
+    """Run ``count`` steps of ``runner``; mean seconds per step (ReadingWarnings are counted)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReadingWarning)
+        start = time.perf_counter()
+        for _ in range(count):
+            runner.step()
+        elapsed = time.perf_counter() - start
+    for w in caught:
+        if issubclass(w.category, ReadingWarning):
+            runner.reading_warnings += 1
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return elapsed / count
+
+
+def check_untracked(runner: Runner) -> None:
+    """The ``untracked`` configuration must have recorded step 0 only (the warm-up)."""
+    optimizer = runner.optimizer
+    if isinstance(optimizer, MonitoredOptimizer) and runner.name == "untracked":
+        recorded = [r["step"] for r in optimizer.history]
+        assert recorded == [0], f"untracked configuration recorded steps {recorded}"
+
+
+# ---------------------------------------------------------------------------- benchmark
+def benchmark_problem(
+    problem: Problem, configs: Sequence[str], args: argparse.Namespace, bar: tqdm
+) -> list[Runner]:
+    """Warm up every configuration, then ``args.rounds`` interleaved timing rounds."""
+    runners = [make_runner(problem, c, args.seed) for c in ("plain", *configs)]
+    for runner in runners:
+        bar.set_postfix_str(f"{problem.name} {runner.name} warm-up")
+        for _ in range(WARMUP_STEPS):
+            runner.warmup_seconds.append(run_steps(runner, 1))
+            bar.update(1)
+        runner.reduced = runner.warmup_seconds[-1] > args.slow_threshold
+        runner.steps = 1 if runner.reduced else args.steps
+        bar.total += runner.steps * args.rounds
+        bar.refresh()
+    for r in range(args.rounds):
+        for runner in runners:
+            bar.set_postfix_str(f"{problem.name} {runner.name} round {r + 1}/{args.rounds}")
+            runner.times.append(run_steps(runner, runner.steps))
+            bar.update(runner.steps)
+    for runner in runners:
+        check_untracked(runner)
+    return runners
+
+
+def ratios(runners: Sequence[Runner]) -> dict[str, list[float]]:
+    """Per configuration, ``time / plain time`` of each round."""
+    plain = runners[0].times
+    return {r.name: [t / p for t, p in zip(r.times, plain)] for r in runners[1:]}
+
+
+def profile_step(problem: Problem, config: str, args: argparse.Namespace, top: int) -> str:
+    """cProfile of one step of ``config`` after warm-up: the ``top`` functions by cumulative time."""
+    runner = make_runner(problem, config, args.seed)
+    run_steps(runner, WARMUP_STEPS)
+    profiler = cProfile.Profile()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReadingWarning)
+        profiler.enable()
+        start = time.perf_counter()
+        runner.step()
+        elapsed = time.perf_counter() - start
+        profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(top)
+    header = f"### Profile: {problem.name} / {config}, one step, {elapsed:.3f} s (under cProfile)"
+    return f"{header}\n\n```\n{stream.getvalue().strip()}\n```"
+
+
+# ------------------------------------------------------------------------------- output
+def markdown_table(
+    results: dict[str, list[Runner]], problems: Sequence[str], configs: Sequence[str]
+) -> str:
+    """Rows: configurations; columns: problems; cells: median ratio to plain."""
+    medians = {
+        p: {k: statistics.median(v) for k, v in ratios(results[p]).items()} for p in problems
+    }
+    plain_ms = {p: 1e3 * statistics.median(results[p][0].times) for p in problems}
+    lines = [
+        "| configuration | " + " | ".join(problems) + " |",
+        "|---|" + "---|" * len(problems),
+        "| plain (ms/step) | " + " | ".join(f"{plain_ms[p]:.1f} ms" for p in problems) + " |",
+    ]
+    for config in configs:
+        cells = []
+        for p in problems:
+            runner = next(r for r in results[p] if r.name == config)
+            mark = "*" if runner.reduced else ""
+            cells.append(f"{medians[p][config]:.2f}x{mark}")
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: dict[str, list[Runner]], args: argparse.Namespace) -> list[str]:
+    """Lines on reduced work and ReadingWarnings."""
+    out = []
+    for problem, runners in results.items():
+        for r in runners:
+            if r.reduced:
+                out.append(
+                    f"* {problem} / {r.name}: warm-up step took {r.warmup_seconds[-1]:.1f} s "
+                    f"(> {args.slow_threshold:g} s), timed with 1 step per round instead of "
+                    f"{args.steps}."
+                )
+            if r.reading_warnings:
+                out.append(
+                    f"{problem} / {r.name}: {r.reading_warnings} ReadingWarning(s) (silenced)."
+                )
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--instruments",
+        action="store_true",
+        help="also time each instrument of FULL alone (slow)",
+    )
+    parser.add_argument(
+        "--slow-threshold",
+        type=float,
+        default=20.0,
+        help="seconds per warm-up step above which a configuration is timed with 1 step per round",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the raw ratios here")
+    parser.add_argument(
+        "--profile",
+        nargs="+",
+        default=[],
+        metavar="CONFIG",
+        help="after the benchmark, cProfile one step of these configurations on each problem",
+    )
+    parser.add_argument("--profile-top", type=int, default=10, help="functions shown per profile")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1 or args.threads < 1:
+        parser.error("--rounds, --steps and --threads must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    configs = list(args.configs)
+    if args.instruments:
+        configs += [f"instr:{name}" for name in FULL]
+    problems = list(args.problems)
+    start = time.perf_counter()
+    results: dict[str, list[Runner]] = {}
+    warmups = len(problems) * (1 + len(configs)) * WARMUP_STEPS
+    with tqdm(total=warmups, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
+        for name in problems:
+            results[name] = benchmark_problem(build_problem(name, args.seed), configs, args, bar)
+    elapsed = time.perf_counter() - start
+
+    print(markdown_table(results, problems, configs))
+    print()
+    print(
+        f"Median over {args.rounds} rounds of (config / plain) per-step time in the same round; "
+        f"threads={args.threads}, batch size={BATCH_SIZE}, rounds={args.rounds}, "
+        f"steps per round={args.steps}, torch {torch.__version__}; benchmark took {elapsed:.0f} s."
+    )
+    for line in notes(results, args):
+        print(line)
+
+    if args.json is not None:
+        raw = {
+            "threads": args.threads,
+            "batch_size": BATCH_SIZE,
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "torch": torch.__version__,
+            "seconds": elapsed,
+            "problems": {
+                p: {
+                    "plain_seconds": results[p][0].times,
+                    "ratios": ratios(results[p]),
+                    "seconds": {r.name: r.times for r in results[p]},
+                    "steps": {r.name: r.steps for r in results[p]},
+                    "warmup_seconds": {r.name: r.warmup_seconds for r in results[p]},
+                    "reading_warnings": {r.name: r.reading_warnings for r in results[p]},
+                }
+                for p in problems
+            },
+        }
+        args.json.write_text(json.dumps(raw, indent=2))
+
+    for config in args.profile:
+        for name in problems:
+            print()
+            print(profile_step(build_problem(name, args.seed), config, args, args.profile_top))
+
+
+if __name__ == "__main__":
+    main()
