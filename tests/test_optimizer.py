@@ -1,0 +1,283 @@
+"""MonitoredOptimizer behaviour: passivity, RNG, closure, resume, schedules, edge cases, errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from models import make_problem
+from torch import nn
+
+from cockpit_optim import (
+    CockpitError,
+    MonitoredOptimizer,
+    ReadingWarning,
+    UnsupportedLossError,
+    UnsupportedModelError,
+    load_log,
+    schedules,
+)
+from cockpit_optim.instruments import GradHist1d
+
+PASSIVE = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    "nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-2),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2),
+}
+
+
+def train(
+    problem, make_opt, monitored, steps=5, instruments="full", track=1, closure=False, dropout=False
+):
+    model, loss_fn, batch = make_problem(problem)
+    if dropout:
+        model = nn.Sequential(model[0], nn.Dropout(0.3), *list(model)[1:])
+    opt = make_opt(model.parameters())
+    if monitored:
+        opt = MonitoredOptimizer(opt, model, loss_fn, instruments=instruments, track=track)
+    gen = torch.Generator().manual_seed(3)
+    rng_states = []
+    for _ in range(steps):
+        x, y = batch(gen, 6)
+        if closure:
+
+            def step_closure():
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(step_closure)
+        else:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        rng_states.append(torch.get_rng_state().clone())
+    return model, opt, rng_states
+
+
+@pytest.mark.parametrize("name", sorted(PASSIVE))
+def test_passive_bit_identity_and_global_rng(name):
+    bare, _, bare_rng = train("cnn", PASSIVE[name], monitored=False, dropout=True)
+    watched, opt, watched_rng = train("cnn", PASSIVE[name], monitored=True, dropout=True)
+    for p, q in zip(bare.parameters(), watched.parameters()):
+        assert torch.equal(p, q)
+    for a, b in zip(bare_rng, watched_rng):
+        assert torch.equal(a, b)
+    assert len(opt.history) == 4  # the last record waits for its Alpha
+    assert math.isfinite(opt.history[0]["HessMaxEV"])
+
+
+def test_closure_form_equals_plain_loop():
+    _, plain, _ = train("mlp", PASSIVE["adam"], monitored=True)
+    _, closed, _ = train("mlp", PASSIVE["adam"], monitored=True, closure=True)
+    for a, b in zip(plain.history, closed.history):
+        for key in ("Loss", "NormTest", "Alpha", "HessTrace", "EarlyStopping", "UpdateSize"):
+            assert a[key] == b[key]
+
+
+def _checkpoint_run(tmp_path, split):
+    """Train 7 steps; when split, save after 3 steps and continue in fresh objects."""
+    model, loss_fn, batch = make_problem("mlp")
+    gen = torch.Generator().manual_seed(5)
+    batches = [batch(gen, 5 + i % 3) for i in range(7)]
+
+    def build(model):
+        return MonitoredOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+            model,
+            loss_fn,
+            instruments="full",
+            track=schedules.linear(2),
+            log_dir=tmp_path,
+        )
+
+    opt = build(model)
+    for i, (x, y) in enumerate(batches):
+        if split and i == 3:
+            state = {"model": model.state_dict(), "opt": opt.state_dict()}
+            model, *_ = make_problem("mlp", seed=99)
+            model.load_state_dict(state["model"])
+            opt = build(model)
+            opt.load_state_dict(state["opt"])
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return model, opt
+
+
+def test_resume_continues_exactly(tmp_path):
+    whole_model, whole = _checkpoint_run(tmp_path / "whole", split=False)
+    split_model, split = _checkpoint_run(tmp_path / "split", split=True)
+    for p, q in zip(whole_model.parameters(), split_model.parameters()):
+        assert torch.equal(p, q)
+    assert [r["step"] for r in whole.history] == [r["step"] for r in split.history]
+    for a, b in zip(whole.history, split.history):
+        for key in ("Loss", "Alpha", "HessMaxEV", "GradHist1d", "Distance", "GradHist2d"):
+            assert a[key] == b[key], key
+    logged = load_log(tmp_path / "split")
+    assert [r["step"] for r in logged] == [r["step"] for r in whole.history]
+
+
+def test_log_is_written_per_record_and_tolerates_truncation(tmp_path):
+    _, loss_fn, _ = make_problem("mlp")
+    model, opt, _ = train("mlp", PASSIVE["sgd"], monitored=False)
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, log_dir=tmp_path
+    )
+    x, y = torch.randn(4, 3, 4), torch.randint(0, 4, (4,))
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    records = load_log(tmp_path)
+    assert [r["step"] for r in records] == [0, 1]  # step 2's Alpha completes at step 3
+    with open(tmp_path / "cockpit.jsonl", "a") as handle:
+        handle.write('{"step": 2, "Lo')
+    with pytest.warns(UserWarning, match="truncated"):
+        assert len(load_log(tmp_path)) == 2
+
+
+def test_schedules():
+    lin = schedules.linear(4, offset=2)
+    assert [s for s in range(15) if lin(s)] == [2, 6, 10, 14]
+    log = schedules.logarithmic(end=1000, points=50)
+    steps = sorted(log.steps)
+    assert steps[0] == 0 and steps[-1] == 1000 and len(steps) == len(set(steps)) <= 50
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert gaps[-1] > gaps[0]
+    with pytest.raises(ValueError):
+        schedules.linear(0)
+
+
+def step_with(opt, model, loss_fn, x, y):
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+
+def test_batch_size_one_and_zero_gradient_give_nan_with_warning():
+    model, loss_fn, batch = make_problem("mlp")
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, instruments="economy"
+    )
+    x, y = batch(torch.Generator().manual_seed(0), 1)
+    with pytest.warns(ReadingWarning, match="batch size 1"):
+        step_with(opt, model, loss_fn, x, y)
+        step_with(opt, model, loss_fn, x, y)
+    record = opt.history[0]
+    assert math.isnan(record["NormTest"]) and math.isnan(record["Alpha"])
+    assert math.isfinite(record["Loss"]) and math.isfinite(record["GradNorm"])
+
+    zero = nn.Linear(3, 2)
+    nn.init.zeros_(zero.weight)
+    nn.init.zeros_(zero.bias)
+    mse = nn.MSELoss()
+    opt = MonitoredOptimizer(torch.optim.SGD(zero.parameters(), lr=0.1), zero, mse)
+    with pytest.warns(ReadingWarning, match="zero"):
+        step_with(opt, zero, mse, torch.randn(4, 3), torch.zeros(4, 2))
+        step_with(opt, zero, mse, torch.randn(4, 3), torch.zeros(4, 2))
+    assert math.isnan(opt.history[0]["NormTest"])
+
+
+def test_non_finite_loss_keeps_training_and_matches_bare_step():
+    model, loss_fn, batch = make_problem("regression")
+    bare, _, _ = make_problem("regression")
+    bare.load_state_dict(model.state_dict())
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, instruments="full"
+    )
+    bare_opt = torch.optim.SGD(bare.parameters(), lr=0.1)
+    x, y = batch(torch.Generator().manual_seed(0), 4)
+    y[0, 0] = float("inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        step_with(opt, model, loss_fn, x, y)
+        step_with(bare_opt, bare, nn.MSELoss(), x, y)
+        for p, q in zip(model.parameters(), bare.parameters()):
+            assert torch.equal(p.isnan(), q.isnan())
+            assert torch.equal(p.nan_to_num(0.0), q.nan_to_num(0.0))
+        step_with(opt, model, loss_fn, x, y)
+    assert not math.isfinite(opt.history[0]["Loss"])
+
+
+def test_histogram_subsample_is_unbiased_and_reported():
+    model, loss_fn, batch = make_problem("mlp")
+    exact = GradHist1d(bins=20, range=(-1, 1), max_elements=None)
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn, instruments=[exact]
+    )
+    sampled = [GradHist1d(bins=20, range=(-1, 1), max_elements=400) for _ in range(1)]
+    x, y = batch(torch.Generator().manual_seed(0), 32)
+    step_with(opt, model, loss_fn, x, y)
+    reference = torch.tensor(opt.history[0]["GradHist1d"]["counts"], dtype=torch.float64)
+    total = torch.zeros_like(reference)
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn, instruments=sampled, seed=1
+    )
+    for _ in range(200):
+        step_with(opt, model, loss_fn, x, y)
+    binned = [r["GradHist1d"]["binned"] for r in opt.history]
+    population = opt.history[0]["GradHist1d"]["population"]
+    assert all(b < population for b in binned)
+    for record in opt.history:
+        hist = record["GradHist1d"]
+        total += torch.tensor(hist["counts"], dtype=torch.float64)
+    l1 = (total / total.sum() - reference / reference.sum()).abs().sum()
+    assert l1 < 0.03
+
+
+def test_bad_inputs_name_the_fix():
+    model, loss_fn, batch = make_problem("mlp")
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UnsupportedLossError, match="reduction='mean'"):
+        MonitoredOptimizer(sgd, model, nn.CrossEntropyLoss(reduction="sum"))
+    with pytest.raises(UnsupportedLossError, match="reduction='mean'"):
+        MonitoredOptimizer(sgd, model, nn.MSELoss(reduction="none"))
+    with pytest.raises(UnsupportedLossError, match="loss modules"):
+        MonitoredOptimizer(sgd, model, nn.KLDivLoss())
+    with pytest.raises(ValueError, match="valid names"):
+        MonitoredOptimizer(sgd, model, loss_fn, instruments=["Loss", "GradNrom"])
+    opt = MonitoredOptimizer(sgd, model, loss_fn)
+    with pytest.raises(CockpitError, match="without gradient"):
+        opt.step()
+
+    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    opt = MonitoredOptimizer(torch.optim.SGD(bn.parameters(), lr=0.1), bn, loss_fn)
+    x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+    with pytest.raises(UnsupportedModelError, match="eval mode"):
+        step_with(opt, bn, loss_fn, x, y)
+    bn.eval()
+    step_with(opt, bn, loss_fn, x, y)
+    step_with(opt, bn, loss_fn, x, y)
+    assert math.isfinite(opt.history[-1]["NormTest"])
+
+
+def test_unsupported_module_names_module_and_keeps_other_readings():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return x * self.gain
+
+    model = nn.Sequential(nn.Linear(3, 4), Scale(), nn.Linear(4, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, instruments="full"
+    )
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    with pytest.warns(ReadingWarning, match="Scale"):
+        step_with(opt, model, loss_fn, x, y)
+        step_with(opt, model, loss_fn, x, y)
+    record = opt.history[0]
+    assert math.isnan(record["NormTest"])
+    for key in ("Loss", "GradNorm", "UpdateSize", "HessMaxEV"):
+        assert math.isfinite(record[key])
