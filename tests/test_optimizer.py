@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -47,7 +48,7 @@ def train(
         x, y = batch(gen, 6)
         if closure:
 
-            def step_closure():
+            def step_closure(x=x, y=y):
                 opt.zero_grad()
                 loss = loss_fn(model(x), y)
                 loss.backward()
@@ -150,7 +151,7 @@ def test_schedules():
     log = schedules.logarithmic(end=1000, points=50)
     steps = sorted(log.steps)
     assert steps[0] == 0 and steps[-1] == 1000 and len(steps) == len(set(steps)) <= 50
-    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
     assert gaps[-1] > gaps[0]
     with pytest.raises(ValueError):
         schedules.linear(0)
@@ -234,7 +235,7 @@ def test_histogram_subsample_is_unbiased_and_reported():
 
 
 def test_bad_inputs_name_the_fix():
-    model, loss_fn, batch = make_problem("mlp")
+    model, loss_fn, _ = make_problem("mlp")
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UnsupportedLossError, match="reduction='mean'"):
         MonitoredOptimizer(sgd, model, nn.CrossEntropyLoss(reduction="sum"))
