@@ -123,6 +123,11 @@ class MonitoredOptimizer(Optimizer):
             f"MonitoredOptimizer({self.optimizer!r}, instruments=[{names}], track={self.schedule})"
         )
 
+    def remove_hooks(self) -> None:
+        """Detach from the model and loss (e.g. before wrapping the same model again)."""
+        self.engine.capture.remove()
+        self.engine.capture.armed = False
+
     @property
     def readings(self) -> dict:
         """The newest complete record (empty before the first one)."""
