@@ -19,8 +19,11 @@ Problems (batch 128, random inputs and labels, ``CrossEntropyLoss``, SGD with ``
 * ``mlp``: 784-256-10 MLP on MNIST-shaped inputs (203,530 parameters),
 * ``3c3d``: DeepOBS CIFAR-10 3C3D on CIFAR-shaped inputs (895,210 parameters).
 
-A configuration whose warm-up step takes longer than ``--slow-threshold`` seconds is timed with one
-step per round; the output says so.
+``--steps`` is the minimum number of timed steps per round: a configuration whose last warm-up step
+is short runs as many steps as fill ``--min-block-seconds`` (a 1-ms plain MLP step timed three times
+would measure mostly timer and scheduler noise; ``--min-block-seconds 0`` times exactly ``--steps``).
+A configuration whose last warm-up step takes longer than ``--slow-threshold`` seconds is timed with
+one step per round; the output says so.
 
 Example::
 
@@ -34,6 +37,7 @@ import copy
 import cProfile
 import io
 import json
+import math
 import pstats
 import statistics
 import sys
@@ -55,6 +59,7 @@ LR = 0.01
 PROBLEMS = ("mlp", "3c3d")
 CONFIGS = ("economy", "business", "full", "untracked")
 WARMUP_STEPS = 2
+MAX_BLOCK_STEPS = 1000
 PARAMS_3C3D = 895_210
 PARAMS_MLP = 203_530
 
@@ -198,8 +203,10 @@ def benchmark_problem(
         for _ in range(WARMUP_STEPS):
             runner.warmup_seconds.append(run_steps(runner, 1))
             bar.update(1)
-        runner.reduced = runner.warmup_seconds[-1] > args.slow_threshold
-        runner.steps = 1 if runner.reduced else args.steps
+        last = runner.warmup_seconds[-1]
+        runner.reduced = last > args.slow_threshold
+        fill = math.ceil(args.min_block_seconds / max(last, 1e-6))
+        runner.steps = 1 if runner.reduced else max(args.steps, min(fill, MAX_BLOCK_STEPS))
         bar.total += runner.steps * args.rounds
         bar.refresh()
     for r in range(args.rounds):
@@ -284,6 +291,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
+    parser.add_argument(
+        "--min-block-seconds",
+        type=float,
+        default=0.2,
+        help="run more than --steps steps per round if they take less than this (default 0.2)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -332,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"Median over {args.rounds} rounds of (config / plain) per-step time in the same round; "
         f"threads={args.threads}, batch size={BATCH_SIZE}, rounds={args.rounds}, "
-        f"steps per round={args.steps}, torch {torch.__version__}; benchmark took {elapsed:.0f} s."
+        f"steps per round >= {args.steps} (blocks >= {args.min_block_seconds:g} s), torch {torch.__version__}; benchmark took {elapsed:.0f} s."
     )
     for line in notes(results, args):
         print(line)

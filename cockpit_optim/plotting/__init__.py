@@ -1,0 +1,1 @@
+"""The cockpit view (matplotlib, explicit Figure objects, no global pyplot state)."""
