@@ -244,7 +244,8 @@ class MonitoredOptimizer(Optimizer):
         request = self._request if tracked else Request(losses=True, projection=True)
         stats = self.engine.collect(request, self._lr())
         if completing:
-            self._complete_alpha(stats)
+            self._complete_alpha(stats)  # controllers may act here and change the lr
+            stats.lr = self._lr()
         if not tracked:
             return None, None
         if self._request.distance:

@@ -1,0 +1,132 @@
+"""``AdaptiveBatchSampler``: a resumable batch sampler whose batch size can change between batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sized
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["AdaptiveBatchSampler"]
+
+
+class AdaptiveBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices, one epoch per pass, with a batch size that may change any time.
+
+    Use it as ``DataLoader(dataset, batch_sampler=sampler, num_workers=k)``.  Each epoch visits a
+    permutation of ``range(len(dataset))`` (``shuffle=False``: the identity); the permutation of
+    epoch ``e`` depends only on ``(seed, e)``, so a run is deterministic given the seed.  Every
+    index appears exactly once per epoch whatever the batch sizes, except the last, short batch
+    that ``drop_last=True`` leaves out.
+
+    :meth:`set_batch_size` takes effect on the next batch the sampler *yields*.  With
+    ``num_workers > 0`` the ``DataLoader`` draws batches ahead of the training loop (up to
+    ``num_workers * prefetch_factor``, default ``2 * num_workers``), so the loop still receives
+    that many batches of the old size after a change.
+
+    A pass that stops early (``break``) is continued by the next pass, which finishes the epoch.
+    :meth:`state_dict` stores the epoch, the position in it, the seed and the batch size; with
+    workers the sampler's position is ahead of the loop by the prefetched batches, which a resumed
+    run would skip: pass ``batches_consumed`` (the number of batches the loop received in the
+    current pass) to store the position of the first batch not yet used instead.
+
+    ``len(sampler)`` is the number of batches of a whole epoch at the *current* batch size.
+    """
+
+    def __init__(
+        self,
+        data_source: int | Sized,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        num_samples = data_source if isinstance(data_source, int) else len(data_source)
+        if num_samples < 1:
+            raise ValueError(f"AdaptiveBatchSampler needs at least one sample, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        if int(seed) < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.seed = int(seed)
+        self.batch_size = self._checked(batch_size)
+        self.epoch = 0
+        self.position = 0  # indices of the current epoch already yielded
+        self._pass_epoch = 0
+        self._pass_starts: list[int] = []  # start of every batch yielded in the current pass
+
+    @staticmethod
+    def _checked(batch_size: int) -> int:
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+        return int(batch_size)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Use ``batch_size`` from the next yielded batch on."""
+        self.batch_size = self._checked(batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The index order of ``epoch``: a permutation drawn from ``(seed, epoch)``, or the identity."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        return np.random.default_rng((self.seed, epoch)).permutation(self.num_samples)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order(self.epoch)
+        self._pass_epoch, self._pass_starts = self.epoch, []
+        while self.position < self.num_samples:
+            start, size = self.position, self.batch_size
+            if self.drop_last and self.num_samples - start < size:
+                break
+            self.position = min(start + size, self.num_samples)
+            self._pass_starts.append(start)
+            yield order[start : self.position].tolist()
+        self.epoch += 1
+        self.position = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
+        """``epoch``, ``position``, ``seed``, ``batch_size`` (and the settings, to check on load).
+
+        ``batches_consumed``: batches of the current pass the training loop has received; the
+        stored position is then the start of the first batch it has not (exact with workers).
+        """
+        epoch, position = self.epoch, self.position
+        if batches_consumed is not None:
+            if not 0 <= batches_consumed <= len(self._pass_starts):
+                raise ValueError(
+                    f"batches_consumed={batches_consumed}, but the current pass yielded "
+                    f"{len(self._pass_starts)} batches"
+                )
+            if batches_consumed < len(self._pass_starts):
+                epoch, position = self._pass_epoch, self._pass_starts[batches_consumed]
+        return {
+            "epoch": epoch,
+            "position": position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_samples": self.num_samples,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state``: the next pass starts at its epoch and position."""
+        for key in ("num_samples", "shuffle", "drop_last"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"sampler state has {key}={state[key]!r}, this sampler {getattr(self, key)!r}"
+                )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.seed = int(state["seed"])
+        self.batch_size = self._checked(state["batch_size"])
+        self._pass_epoch, self._pass_starts = self.epoch, []
