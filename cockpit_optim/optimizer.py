@@ -25,7 +25,9 @@ __all__ = ["MonitoredOptimizer"]
 
 
 def _flat_norm(tensors: Iterable[Tensor]) -> float:
-    return math.sqrt(sum(float(t.detach().double().square().sum()) for t in tensors))
+    """Euclidean norm of a list of tensors, accumulated in float64, one host sync."""
+    norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
 class MonitoredOptimizer(Optimizer):

@@ -282,3 +282,22 @@ def test_unsupported_module_names_module_and_keeps_other_readings():
     assert math.isnan(record["NormTest"])
     for key in ("Loss", "GradNorm", "UpdateSize", "HessMaxEV"):
         assert math.isfinite(record[key])
+
+
+def test_loss_module_shared_with_another_model_and_missing_loss_call():
+    model, loss_fn, batch = make_problem("mlp")
+    other, _, _ = make_problem("mlp", seed=3)
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             instruments=["Loss", "NormTest"])
+    x, y = batch(torch.Generator().manual_seed(0), 6)
+    for _ in range(2):
+        opt.zero_grad()
+        loss_fn(other(x), y).backward()  # same loss module, another model: ignored
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    assert len(opt.history) == 2 and math.isfinite(opt.history[1]["NormTest"])
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.raises(CockpitError, match="exactly one"):
+        opt.step()

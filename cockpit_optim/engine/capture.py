@@ -51,9 +51,11 @@ class Capture:
         self.slots: list[LayerSlot] = []
         self.unsupported: list[tuple[str, str, list[str]]] = []
         self.model_input: ModelInput | None = None
-        self.loss_inputs: list[tuple[Tensor, Tensor]] = []
+        self.model_output_node: Any = None
+        self.loss_inputs: list[tuple[Tensor, Tensor, Any]] = []
         self._handles = [
             model.register_forward_pre_hook(self._on_model_input, with_kwargs=True),
+            model.register_forward_hook(self._on_model_output),
             loss_fn.register_forward_hook(self._on_loss),
         ]
         for module_name, module in model.named_modules():
@@ -90,6 +92,7 @@ class Capture:
         for slot in self.slots:
             slot.clear()
         self.model_input = None
+        self.model_output_node = None
         self.loss_inputs = []
 
     def remove(self) -> None:
@@ -105,9 +108,20 @@ class Capture:
                 cuda = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
             self.model_input = ModelInput(args, dict(kwargs), torch.get_rng_state(), cuda)
 
+    def _on_model_output(self, module, args, output):
+        if self.recording and self.model_output_node is None and isinstance(output, Tensor):
+            self.model_output_node = output.grad_fn
+
     def _on_loss(self, module, args, output):
         if self.recording and len(args) >= 2:
-            self.loss_inputs.append((args[0].detach(), args[1].detach()))
+            self.loss_inputs.append((args[0].detach(), args[1].detach(), args[0].grad_fn))
+
+    def loss_call(self) -> tuple[Tensor, Tensor] | None:
+        """The recorded loss call on this step's model output (``None`` if not unique)."""
+        calls = self.loss_inputs
+        if len(calls) > 1:  # e.g. the same loss module also used for another model
+            calls = [c for c in calls if _reaches(c[2], self.model_output_node)]
+        return calls[0][:2] if len(calls) == 1 else None
 
     def _layer_hook(self, slot: LayerSlot):
         def hook(module, args, output):
@@ -122,3 +136,19 @@ class Capture:
             output.register_hook(on_grad)
 
         return hook
+
+
+def _reaches(node: Any, target: Any, limit: int = 256) -> bool:
+    """Whether the autograd graph from ``node`` reaches ``target`` (bounded search)."""
+    if node is None or target is None:
+        return False
+    seen, stack = set(), [node]
+    while stack and len(seen) < limit:
+        current = stack.pop()
+        if current is target:
+            return True
+        if current in seen:
+            continue
+        seen.add(current)
+        stack.extend(n for n, _ in current.next_functions if n is not None)
+    return False

@@ -81,47 +81,63 @@ def rule_positions(rule: LayerRule) -> int:
     return inputs.shape[1] if inputs is not None else 1
 
 
-def _bin_index(values: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Bin indices of in-range values against the reported ``edges`` (bins ``[e_i, e_{i+1})``, the
-    last one closed, as numpy), and the masks of under- and overflow."""
-    under = values < edges[0]
-    over = values > edges[-1]
-    inside = values[~(under | over)].to(edges.dtype)
-    index = torch.bucketize(inside, edges, right=True) - 1
-    return index.clamp_(0, edges.numel() - 2), under, over
+# torch.histogram counts in float32 on the CPU, exact up to 2^24 per call: chunk below that.
+_EXACT_FLOAT_COUNT = 2**24
 
 
-def _edges(low: float, high: float, bins: int, device) -> Tensor:
-    return torch.linspace(low, high, bins + 1, dtype=torch.float64, device=device)
+def _bucket(values: Tensor, low: float, high: float, bins: int) -> Tensor:
+    """Bin index per value (device-side): ``-1`` below, ``bins`` above the range or NaN; bins
+    ``[e_i, e_{i+1})`` with the last one closed, ``e = linspace(low, high)`` in the values' dtype."""
+    edges = torch.linspace(low, high, bins + 1, dtype=values.dtype, device=values.device)
+    index = torch.bucketize(values, edges, right=True) - 1
+    index = torch.where(values == edges[-1], bins - 1, index)
+    return torch.where(torch.isnan(values), bins, index)
+
+
+def _count(values: Tensor, low: float, high: float, bins: int) -> Tensor:
+    """``[underflow, counts..., overflow, nan]`` (int64, on ``values.device``)."""
+    nan = torch.isnan(values).sum()
+    under = (values < low).sum()
+    over = (values > high).sum()
+    if values.device.type == "cpu":  # torch.histogram: one fused pass, edges as in _bucket
+        counts = sum(
+            torch.histogram(chunk, bins=bins, range=(low, high)).hist.long()
+            for chunk in values.split(_EXACT_FLOAT_COUNT)
+        )
+    else:
+        index = _bucket(values, low, high, bins)
+        counts = torch.bincount(index[(index >= 0) & (index < bins)], minlength=bins)
+    return torch.cat([under.reshape(1), counts, over.reshape(1), nan.reshape(1)])
+
+
+def _edges(low: float, high: float, bins: int, dtype: torch.dtype) -> list[float]:
+    return torch.linspace(low, high, bins + 1, dtype=dtype).double().tolist()
 
 
 def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> dict:
     """GradHist1d record (SPEC section 3): network-wide and per-parameter int64 counts."""
-    layers, total = {}, None
-    edges = None
-    for name, chunks in sample.values.items():
-        counts = torch.zeros(bins, dtype=torch.int64)
-        under = over = binned = 0
-        for values in chunks:
-            values = values[~torch.isnan(values)]
-            if edges is None or edges.device != values.device:
-                edges = _edges(low, high, bins, values.device)
-            index, below, above = _bin_index(values, edges)
-            counts += torch.bincount(index, minlength=bins).cpu()
-            under += int(below.sum())
-            over += int(above.sum())
-            binned += values.numel()
+    names = list(sample.values)
+    rows, dtype = [], torch.float32
+    for name in names:
+        chunks = sample.values[name]
+        if chunks:
+            dtype = chunks[0].dtype
+        rows.append(sum(_count(values, low, high, bins).cpu() for values in chunks))
+    table = [row.tolist() if isinstance(row, Tensor) else [0] * (bins + 3) for row in rows]
+    layers = {}
+    for name, row in zip(names, table):
+        binned = sum(v.numel() for v in sample.values[name])
         layers[name] = {
-            "counts": counts.tolist(),
-            "underflow": under,
-            "overflow": over,
-            "binned": binned,
+            "counts": row[1 : bins + 1],
+            "underflow": row[0],
+            "overflow": row[bins + 1],
+            "binned": binned - row[bins + 2],
             "population": sample.population[name],
         }
-        total = counts if total is None else total + counts
+    total = [sum(layer["counts"][i] for layer in layers.values()) for i in range(bins)]
     return {
-        "edges": _edges(low, high, bins, "cpu").tolist(),
-        "counts": (total if total is not None else torch.zeros(bins, dtype=torch.int64)).tolist(),
+        "edges": _edges(low, high, bins, dtype),
+        "counts": total,
         "underflow": sum(layer["underflow"] for layer in layers.values()),
         "overflow": sum(layer["overflow"] for layer in layers.values()),
         "binned": sum(layer["binned"] for layer in layers.values()),
@@ -138,27 +154,34 @@ def histogram_2d(
 ) -> dict:
     """GradHist2d record: ``counts[i][j]`` pairs with ``theta`` in bin i and ``g`` in bin j."""
     param_bins, grad_bins = bins
-    counts = torch.zeros(param_bins * grad_bins, dtype=torch.int64)
-    outside = binned = 0
+    counts = torch.zeros(param_bins, grad_bins, dtype=torch.int64)
+    binned, dtype = 0, torch.float32
     for name, chunks in sample.values.items():
         for values, params in zip(chunks, sample.params[name]):
             keep = ~torch.isnan(values)
             values, params = values[keep], params[keep]
             binned += values.numel()
-            grad_edges = _edges(*grad_range, grad_bins, values.device)
-            param_edges = _edges(*param_range, param_bins, values.device)
-            g_out = (values < grad_edges[0]) | (values > grad_edges[-1])
-            p_out = (params < param_edges[0]) | (params > param_edges[-1])
-            inside = ~(g_out | p_out)
-            outside += int((~inside).sum())
-            gi = _bin_index(values[inside], grad_edges)[0]
-            pi = _bin_index(params[inside], param_edges)[0]
-            counts += torch.bincount(pi * grad_bins + gi, minlength=param_bins * grad_bins).cpu()
+            dtype = values.dtype
+            if values.device.type == "cpu":
+                for pairs in torch.stack([params, values], dim=1).split(_EXACT_FLOAT_COUNT):
+                    hist = torch.histogramdd(
+                        pairs, bins=[param_bins, grad_bins], range=[*param_range, *grad_range]
+                    ).hist
+                    counts += hist.long()
+            else:
+                gi = _bucket(values, *grad_range, grad_bins)
+                pi = _bucket(params, *param_range, param_bins)
+                inside = (gi >= 0) & (gi < grad_bins) & (pi >= 0) & (pi < param_bins)
+                flat = torch.bincount(
+                    pi[inside] * grad_bins + gi[inside], minlength=param_bins * grad_bins
+                )
+                counts += flat.reshape(param_bins, grad_bins).cpu()
+    inside_total = int(counts.sum())
     return {
-        "param_edges": _edges(*param_range, param_bins, "cpu").tolist(),
-        "grad_edges": _edges(*grad_range, grad_bins, "cpu").tolist(),
-        "counts": counts.reshape(param_bins, grad_bins).tolist(),
-        "outside": outside,
+        "param_edges": _edges(*param_range, param_bins, dtype),
+        "grad_edges": _edges(*grad_range, grad_bins, dtype),
+        "counts": counts.tolist(),
+        "outside": binned - inside_total,
         "binned": binned,
         "population": sum(sample.population.values()),
     }

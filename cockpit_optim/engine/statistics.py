@@ -3,6 +3,7 @@ active instruments request, layer by layer, and hand instruments a :class:`Stati
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,7 +95,6 @@ class Statistics:
     losses: Tensor | None = None
     grad_norms: dict[str, float] | None = None
     sq_norms: Tensor | None = None
-    param_sq_norms: dict[str, float] | None = None
     dots: Tensor | None = None
     mean_grads: list[Tensor] | None = None
     sgs: list[Tensor] | None = None
@@ -108,6 +108,26 @@ class Statistics:
     update_size: float | None = None
     alpha: Any = None
     unavailable: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def flat_mean_grad(self) -> Tensor:
+        """``g`` of all parameters as one float64 vector."""
+        return torch.cat([g.detach().reshape(-1) for g in self.mean_grads]).double()
+
+    @functools.cached_property
+    def flat_sgs(self) -> Tensor:
+        """``sum_n g_n^2`` of all parameters as one float64 vector."""
+        return torch.cat([s.detach().reshape(-1) for s in self.sgs]).double()
+
+    @functools.cached_property
+    def flat_diagonal(self) -> Tensor:
+        """The curvature diagonal of all parameters as one float64 vector."""
+        return torch.cat([d.detach().reshape(-1) for d in self.diagonal]).double()
+
+    @functools.cached_property
+    def grad_sq_norm(self) -> float:
+        """``||g||^2`` in float64."""
+        return float(self.flat_mean_grad.square().sum())
 
     @property
     def num_params(self) -> int:
@@ -158,14 +178,15 @@ class StatisticsEngine:
                 )
 
     def _loss_inputs(self) -> tuple[Tensor, Tensor]:
-        calls = self.capture.loss_inputs
-        if len(calls) != 1:
+        call = self.capture.loss_call()
+        if call is None:
+            count = len(self.capture.loss_inputs)
             raise CockpitError(
-                f"loss_fn was called {len(calls)} times with gradients enabled since the last step; "
-                "the instruments need exactly one call of the loss_fn given to MonitoredOptimizer "
-                "(compute the loss with that object, once per step)."
+                f"found {count} calls of loss_fn on the model's output since the last step; the "
+                "instruments need exactly one: compute the loss with the loss_fn object given to "
+                "MonitoredOptimizer, once per step, with gradients enabled."
             )
-        return calls[0]
+        return call
 
     def _build_rules(self) -> tuple[list[tuple[LayerRule, list[str]]], str | None]:
         problems = [
@@ -193,10 +214,10 @@ class StatisticsEngine:
             losses = individual_losses(self.loss_fn, output, target).double()
         stats = Statistics(batch_size=losses.numel(), names=self.names, lr=lr, losses=losses)
         if request.grad_norms:
-            stats.grad_norms = {
-                n: float(p.grad.detach().double().norm()) if p.grad is not None else 0.0
-                for n, p in zip(self.names, self.params)
-            }
+            norms = torch.stack([
+                torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64) for p in self.params
+            ])
+            stats.grad_norms = dict(zip(self.names, norms.tolist()))
         if request.params:
             stats.params = [p.detach() for p in self.params]
         if request.first_order or request.projection:
@@ -218,9 +239,9 @@ class StatisticsEngine:
         order = {name: i for i, name in enumerate(self.names)}
         mean_grads: list[Tensor | None] = [None] * len(self.names)
         sgs: list[Tensor | None] = [None] * len(self.names)
-        param_norms: dict[str, float] = {}
-        total_norms = torch.zeros(stats.batch_size, dtype=torch.float64)
-        total_dots = torch.zeros(stats.batch_size, dtype=torch.float64)
+        device = self.params[0].device
+        total_norms = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
+        total_dots = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
         histograms = request.hist1d is not None or request.hist2d is not None
         for rule, names in rules:
             means = rule.mean_grads()
@@ -234,16 +255,14 @@ class StatisticsEngine:
                 if sums is not None:
                     sgs[order[name]] = sums[i]
                 if norms is not None:
-                    per_sample = norms[i].double().cpu()
-                    total_norms += per_sample
-                    param_norms[name] = float(per_sample.sum())
+                    total_norms += norms[i]
             if dots is not None:
-                total_dots += dots.double().cpu()
+                total_dots += dots
         stats.mean_grads = mean_grads
         if request.sgs:
             stats.sgs = sgs
         if request.sq_norms or histograms:
-            stats.sq_norms, stats.param_sq_norms = total_norms, param_norms
+            stats.sq_norms = total_norms
         if request.dots:
             stats.dots = total_dots
         if histograms:
@@ -321,7 +340,7 @@ class StatisticsEngine:
         index = {name: i for i, name in enumerate(self.names)}
         total = None
         for rule, names in self._rules:
-            dots = rule.dots([direction[index[n]] for n in names]).double().cpu()
+            dots = rule.dots([direction[index[n]] for n in names]).double()
             total = dots if total is None else total + dots
         return total
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..engine.statistics import Request, Statistics
 from .base import Instrument, require
-from .noise import _flat
 
 CURVATURES = ("exact", "ggn", "mc-ggn")
 
@@ -31,7 +30,7 @@ class HessTrace(_DiagonalInstrument):
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal")
-        return float(_flat(stats.diagonal).sum())
+        return float(stats.flat_diagonal.sum())
 
 
 class HessMaxEV(Instrument):
@@ -72,8 +71,8 @@ class TICDiag(_TIC):
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sgs")
-        second = _flat(stats.sgs) / stats.batch_size
-        return float((second / (_flat(stats.diagonal) + self.eps)).sum())
+        second = stats.flat_sgs / stats.batch_size
+        return float((second / (stats.flat_diagonal + self.eps)).sum())
 
 
 class TICTrace(_TIC):
@@ -85,4 +84,4 @@ class TICTrace(_TIC):
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sq_norms")
         second = float(stats.sq_norms.sum()) / stats.batch_size
-        return second / (float(_flat(stats.diagonal).sum()) + self.eps)
+        return second / (float(stats.flat_diagonal.sum()) + self.eps)

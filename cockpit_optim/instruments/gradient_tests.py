@@ -12,15 +12,10 @@ from ..engine.statistics import Request, Statistics
 from .base import Instrument, Unavailable, require, require_batch
 
 
-def grad_sq_norm(stats: Statistics) -> float:
-    """``||g||^2`` of the mean individual gradient, accumulated in float64."""
-    return float(sum(g.double().square().sum() for g in stats.mean_grads))
-
-
 def _moments(stats: Statistics, dots: bool) -> tuple[int, float, float, float]:
     require(stats, "sq_norms", "mean_grads", *(("dots",) if dots else ()))
     require_batch(stats)
-    norm2 = grad_sq_norm(stats)
+    norm2 = stats.grad_sq_norm
     if norm2 == 0.0:
         raise Unavailable("the mini-batch gradient is zero")
     inner = float(stats.dots.square().sum()) if dots else math.nan
@@ -64,4 +59,4 @@ class OrthoTest(Instrument):
         return _root((s / g - p / g**2) / (b * (b - 1)))
 
 
-__all__ = ["InnerTest", "NormTest", "OrthoTest", "grad_sq_norm"]
+__all__ = ["InnerTest", "NormTest", "OrthoTest"]

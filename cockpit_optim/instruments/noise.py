@@ -6,15 +6,8 @@ All sums run in float64.
 
 from __future__ import annotations
 
-import torch
-
 from ..engine.statistics import Request, Statistics
 from .base import Instrument, Unavailable, ratio, require, require_batch
-from .gradient_tests import grad_sq_norm
-
-
-def _flat(tensors) -> torch.Tensor:
-    return torch.cat([t.detach().double().reshape(-1).cpu() for t in tensors])
 
 
 class CABS(Instrument):
@@ -26,7 +19,7 @@ class CABS(Instrument):
     def compute(self, stats: Statistics) -> float:
         require(stats, "losses", "sq_norms", "mean_grads")
         require_batch(stats)
-        noise = float(stats.sq_norms.sum()) / stats.batch_size - grad_sq_norm(stats)
+        noise = float(stats.sq_norms.sum()) / stats.batch_size - stats.grad_sq_norm
         return stats.lr * ratio(noise, float(stats.losses.mean()), "the mini-batch loss")
 
 
@@ -41,7 +34,7 @@ class EarlyStopping(Instrument):
         require(stats, "sgs", "mean_grads")
         require_batch(stats)
         b = stats.batch_size
-        grad, sgs = _flat(stats.mean_grads), _flat(stats.sgs)
+        grad, sgs = stats.flat_mean_grad, stats.flat_sgs
         var = (sgs - b * grad.square()) / (b - 1)
         keep = var > 0
         count = int(keep.sum())
@@ -60,7 +53,7 @@ class MeanGSNR(Instrument):
     def compute(self, stats: Statistics) -> float:
         require(stats, "sgs", "mean_grads")
         require_batch(stats)
-        grad, sgs = _flat(stats.mean_grads), _flat(stats.sgs)
+        grad, sgs = stats.flat_mean_grad, stats.flat_sgs
         noise = sgs / stats.batch_size - grad.square()
         keep = noise > 0
         if not bool(keep.any()):

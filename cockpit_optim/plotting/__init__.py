@@ -1,1 +1,8 @@
 """The cockpit view (matplotlib, explicit Figure objects, no global pyplot state)."""
+
+from .animate import animate
+from .cockpit import plot
+from .layerwise import plot_layerwise
+from .live import LivePlot
+
+__all__ = ["LivePlot", "animate", "plot", "plot_layerwise"]

@@ -1,0 +1,183 @@
+"""``cockpit-optim``: draw, animate or summarize a cockpit log from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .log import LOG_NAME
+from .plotting import animate, plot
+from .plotting.gauges import controller_actions
+from .plotting.sources import records_from
+
+__all__ = ["main", "summary"]
+
+SKIPPED = {"step", "Time"}  # shown in the header instead of the table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cockpit-optim", description="Draw, animate or summarize a cockpit log."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    log_help = f"log file or folder holding {LOG_NAME}"
+
+    plot = commands.add_parser("plot", help="draw the cockpit view (PNG, PDF, SVG)")
+    plot.add_argument("log", metavar="LOG", help=log_help)
+    plot.add_argument("-o", "--output", help="image to write (default: next to the log)")
+    plot.add_argument("--layerwise", action="store_true", help="one histogram per parameter")
+    plot.add_argument("--log-steps", action="store_true", help="log-spaced step axis")
+    plot.add_argument(
+        "--last-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="newest fraction of Alpha readings in the second histogram (0.1)",
+    )
+
+    animate = commands.add_parser("animate", help="write a GIF of the cockpit over training")
+    animate.add_argument("log", metavar="LOG", help=log_help)
+    animate.add_argument("-o", "--output", help="GIF to write (default: next to the log)")
+    animate.add_argument("--frames", type=int, default=30, help="number of frames (30)")
+    animate.add_argument("--fps", type=float, default=4.0, help="frames per second (4)")
+    animate.add_argument("--log-steps", action="store_true", help="log-spaced step axis")
+
+    table = commands.add_parser("summary", help="table of the newest readings and their trends")
+    table.add_argument("log", metavar="LOG", help=log_help)
+    return parser
+
+
+def _default_output(log: str, name: str) -> Path:
+    path = Path(log)
+    return (path if path.is_dir() else path.parent) / name
+
+
+def _format(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _trend(values: Sequence[float]) -> str:
+    """Median of the newest (up to 5) finite readings against the median of as many before them:
+    relative change when both have the same sign, else the absolute change."""
+    width = min(5, len(values) // 2)
+    if width == 0:
+        return "-"
+    recent = statistics.median(values[-width:])
+    before = statistics.median(values[-2 * width : -width])
+    change = recent - before
+    word = "up" if change > 0 else "down"
+    if abs(change) <= 0.05 * max(abs(recent), abs(before)):
+        word = "flat"
+    if before != 0 and recent * before > 0:
+        return f"{change / abs(before):+.0%} {word}"
+    return f"{change:+.3g} {word}"
+
+
+def summary(records: Sequence[dict]) -> str:
+    """A text table of every scalar reading: newest value, its step, trend and nan count."""
+    rows: dict[str, list[tuple[int, object]]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key not in SKIPPED and isinstance(value, int | float | str):
+                rows.setdefault(key, []).append((record["step"], value))
+    lines = [("reading", "newest", "step", "trend", "nan")]
+    for key, readings in rows.items():
+        step, newest = readings[-1]
+        if isinstance(newest, str | bool):
+            lines.append((key, str(newest), str(step), "", ""))
+            continue
+        numbers = [float(v) for _, v in readings if isinstance(v, int | float)]
+        finite = [v for v in numbers if math.isfinite(v)]
+        missing = len(numbers) - len(finite)
+        lines.append(
+            (
+                key,
+                _format(float(newest)),
+                str(step),
+                _trend(finite),
+                str(missing) if missing else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(5)]
+    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+    table.insert(1, "  ".join("-" * w for w in widths))
+    table += _notes(records)
+    return "\n".join(table)
+
+
+def _notes(records: Sequence[dict]) -> list[str]:
+    notes = [
+        "",
+        "trend: median of the newest (up to 5) finite readings vs. that of as many before them",
+    ]
+    for key in ("GradHist1d", "GradHist2d"):
+        newest = next((r for r in reversed(records) if isinstance(r.get(key), dict)), None)
+        if newest is not None:
+            hist = newest[key]
+            outside = hist.get("outside", hist.get("underflow", 0) + hist.get("overflow", 0))
+            notes.append(
+                f"{key} (step {newest['step']}): {hist.get('binned', 0):,} of "
+                f"{hist.get('population', 0):,} elements binned, {outside:,} outside the range"
+            )
+    actions = controller_actions(records)
+    if actions:
+        step, action = actions[-1]
+        notes.append(
+            f"controller actions: {len(actions)}; newest at step {step}: "
+            f"{action.get('controller', '?')} set {action.get('what', '?')} "
+            f"{action.get('from', '?')} -> {action.get('to', '?')} ({action.get('why', '')})"
+        )
+    return notes
+
+
+def _header(path: str, records: Sequence[dict]) -> str:
+    steps = [r["step"] for r in records]
+    text = f"{path}: {len(records)} records, steps {min(steps)} to {max(steps)}"
+    times = [r["Time"] for r in records if isinstance(r.get("Time"), int | float)]
+    if len(times) > 1:
+        text += f", {max(times) - min(times):.1f} s between the first and newest reading"
+    return text
+
+
+def _run(args: argparse.Namespace) -> None:
+    records = records_from(args.log)
+    if not records:
+        raise ValueError(f"{args.log}: the log has no records")
+    if args.command == "summary":
+        print(_header(args.log, records))
+        print(summary(records))
+        return
+    if args.command == "plot":
+        name = "cockpit_layerwise.png" if args.layerwise else "cockpit.png"
+        output = Path(args.output) if args.output else _default_output(args.log, name)
+        options = {"last_fraction": args.last_fraction, "log_steps": args.log_steps}
+        plot(records, output, layerwise=args.layerwise, **options)
+    else:
+        output = Path(args.output) if args.output else _default_output(args.log, "cockpit.gif")
+        animate(records, output, frames=args.frames, fps=args.fps, log_steps=args.log_steps)
+    print(output)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cockpit-optim``; returns the exit status (0 ok, 2 unusable input)."""
+    args = _parser().parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _run(args)
+            status = 0
+        except (OSError, ValueError, TypeError) as error:
+            print(f"cockpit-optim: error: {error}", file=sys.stderr)
+            status = 2
+    for warning in caught:
+        print(f"cockpit-optim: warning: {warning.message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

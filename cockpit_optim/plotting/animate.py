@@ -1,0 +1,49 @@
+"""The cockpit over training as an animated GIF (matplotlib's Pillow writer, no display)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.animation import PillowWriter
+
+from .cockpit import FIGSIZE, draw_cockpit
+from .panels import View, new_figure
+from .sources import Source, records_from
+
+__all__ = ["animate"]
+
+
+def animate(
+    source: Source,
+    path: str | os.PathLike,
+    *,
+    frames: int = 30,
+    fps: float = 4.0,
+    dpi: float = 60.0,
+    last_fraction: float = 0.1,
+    log_steps: bool = False,
+) -> Path:
+    """Write a GIF of the cockpit growing over training and return its path.
+
+    Frame ``k`` shows the first records up to an evenly spaced cut (at most ``frames`` frames, the
+    last one shows all records); all frames share the step axis and colours of the full run.
+    """
+    records = records_from(source)
+    if not records:
+        raise ValueError("no records to animate")
+    if int(frames) < 1 or fps <= 0:
+        raise ValueError(f"frames and fps must be positive, got {frames} and {fps}")
+    steps = [r["step"] for r in records]
+    view = View(min(steps), max(steps), log_steps)
+    cuts = np.unique(np.linspace(1, len(records), min(int(frames), len(records))).round())
+    fig = new_figure(FIGSIZE)
+    path = Path(path)
+    writer = PillowWriter(fps=fps)
+    with writer.saving(fig, str(path), dpi):
+        for cut in cuts.astype(int):
+            fig.clear()
+            draw_cockpit(fig, records[:cut], last_fraction=last_fraction, view=view)
+            writer.grab_frame(facecolor="white")
+    return path
