@@ -18,6 +18,7 @@ from .plotting.sources import records_from
 __all__ = ["main", "summary"]
 
 SKIPPED = {"step", "Time"}  # shown in the header instead of the table
+ACTIONS_LISTED = 10
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,13 +127,20 @@ def _notes(records: Sequence[dict]) -> list[str]:
             )
     actions = controller_actions(records)
     if actions:
-        step, action = actions[-1]
-        notes.append(
-            f"controller actions: {len(actions)}; newest at step {step}: "
-            f"{action.get('controller', '?')} set {action.get('what', '?')} "
-            f"{action.get('from', '?')} -> {action.get('to', '?')} ({action.get('why', '')})"
-        )
+        shown = actions[-ACTIONS_LISTED:]
+        newest = f", the newest {len(shown)}" if len(shown) < len(actions) else ""
+        notes += ["", f"controller actions ({len(actions)}{newest}):"]
+        for step, action in shown:
+            change = f"{_value(action.get('from'))} -> {_value(action.get('to'))}"
+            notes.append(
+                f"  step {step}: {action.get('controller', '?')} set {action.get('what', '?')} "
+                f"{change} ({action.get('why', '')})"
+            )
     return notes
+
+
+def _value(value: object) -> str:
+    return _format(value) if isinstance(value, float) else str(value)
 
 
 def _header(path: str, records: Sequence[dict]) -> str:

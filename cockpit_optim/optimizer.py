@@ -173,7 +173,7 @@ class MonitoredOptimizer(Optimizer):
         return {}
 
     def _records_at(self, step: int) -> bool:
-        return bool(self.schedule(step)) and self._request.recording
+        return bool(self.schedule(step)) and self._request.captures
 
     def _arm(self) -> None:
         """Record the next step's forward/backward only if that step needs it."""
@@ -189,6 +189,8 @@ class MonitoredOptimizer(Optimizer):
                 loss = closure()
         t = self._step
         tracked = bool(self.schedule(t))
+        if self._theta0 is None and self._request.distance:  # theta_0: at the first step() call
+            self._theta0 = [p.detach().clone() for p in self._params]
         try:
             record, stats = self._before_update(t, tracked)
         except CockpitError:
@@ -240,21 +242,22 @@ class MonitoredOptimizer(Optimizer):
 
     def _before_update(self, t: int, tracked: bool) -> tuple[dict | None, Statistics | None]:
         completing = self._pending is not None
-        if not (tracked and self._request.recording) and not completing:
-            return ({"step": t} if tracked else None), None
+        if not tracked and not completing:
+            return None, None
         self._check_gradients()
         request = self._request if tracked else Request(losses=True, projection=True)
-        stats = self.engine.collect(request, self._lr())
+        direction = self._pending["direction"] if completing else None
+        stats = self.engine.collect(request, self._lr(), direction)
         if completing:
             self._complete_alpha(stats)  # controllers may act here and change the lr
             stats.lr = self._lr()
         if not tracked:
             return None, None
         if self._request.distance:
-            if self._theta0 is None:
-                self._theta0 = [p.detach().clone() for p in self._params]
             stats.distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
-        record = {"step": t, "lr": self._lr(), "batch_size": stats.batch_size}
+        record = {"step": t, "lr": self._lr()}
+        if stats.batch_size:
+            record["batch_size"] = stats.batch_size
         for instrument in self.instruments:
             if not instrument.after_update:
                 self._read(instrument, stats, record)
@@ -265,13 +268,7 @@ class MonitoredOptimizer(Optimizer):
         if hasattr(instrument, "extras"):
             record.update(instrument.extras(stats))
 
-    def _after_update(self, record: dict, stats: Statistics | None, before) -> None:
-        if stats is None:  # tracked step with instruments that need no statistics (e.g. Time)
-            stats = Statistics(batch_size=0, names=self._names, lr=self._lr())
-            for instrument in self.instruments:
-                self._read(instrument, stats, record)
-            self._finish(record)
-            return
+    def _after_update(self, record: dict, stats: Statistics, before) -> None:
         alpha = None
         if before is not None:
             update = [p.detach() - b for p, b in zip(self._params, before)]
@@ -301,10 +298,8 @@ class MonitoredOptimizer(Optimizer):
     def _complete_alpha(self, stats: Statistics) -> None:
         pending, self._pending = self._pending, None
         end = None
-        if pending["direction"] is not None and stats.batch_size >= 2:
-            projections = self.engine.project(pending["direction"])
-            if projections is not None:
-                end = LineObservation.from_samples(stats.losses, projections)
+        if stats.projection is not None and stats.batch_size >= 2:
+            end = LineObservation.from_samples(stats.losses, stats.projection)
         reason = stats.unavailable.get("projection", "batch size below 2")
         alpha_stats = Statistics(batch_size=stats.batch_size, names=self._names, lr=stats.lr)
         alpha_stats.alpha = AlphaObservations(pending["size"], pending["start"], end)

@@ -61,7 +61,7 @@ def draw_elements(
             else:
                 chosen = _row_selection(total_rows, fraction, generator)
             chosen = chosen.to(param.device)
-            chunk = max(1, _CHUNK_ELEMENTS // max(1, row_len * max(1, rule_positions(rule))))
+            chunk = max(1, _CHUNK_ELEMENTS // max(1, row_len * rule.positions))
             values, params = [], []
             flat_param = param.detach().reshape(per_sample, row_len)
             for start in range(0, chosen.numel(), chunk):
@@ -73,12 +73,6 @@ def draw_elements(
             sample.values[name] = values
             sample.params[name] = params
     return sample
-
-
-def rule_positions(rule: LayerRule) -> int:
-    """Weight-sharing positions a row computation sums over (1 for unshared layers)."""
-    inputs = getattr(rule, "a", None)
-    return inputs.shape[1] if inputs is not None else 1
 
 
 # torch.histogram counts in float32 on the CPU, exact up to 2^24 per call: chunk below that.

@@ -21,6 +21,7 @@ reduced, and freed at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,133 +36,175 @@ def _blocks(batch: int, per_sample: int) -> list[slice]:
     return [slice(i, min(i + size, batch)) for i in range(0, batch, size)]
 
 
+@dataclass
+class Reduction:
+    """One layer's statistics; per-parameter lists follow ``rule.params``, dots are summed over
+    the layer's parameters (shape ``[B]``)."""
+
+    means: list[Tensor]
+    sq_norms: list[Tensor] | None = None
+    sgs: list[Tensor] | None = None
+    mean_dots: Tensor | None = None
+    dots: list[Tensor] = field(default_factory=list)
+
+
 class LayerRule:
     """Statistics of the individual gradients of one layer's parameters (see module docstring)."""
 
     params: list[Tensor]
+    positions: int = 1
 
     @property
     def batch_size(self) -> int:
         raise NotImplementedError
 
-    def mean_grads(self) -> list[Tensor]:
-        raise NotImplementedError
-
     def reduce(
-        self, *, sq_norms: bool, sgs: bool, dot_with: Sequence[Tensor] | None
-    ) -> tuple[list[Tensor] | None, list[Tensor] | None, Tensor | None]:
-        """Per-parameter ``||g_n||^2`` and ``sum_n g_n^2``, and ``sum_params g_n . v`` (shape B)."""
+        self,
+        *,
+        sq_norms: bool,
+        sgs: bool,
+        mean_dots: bool,
+        directions: Sequence[Sequence[Tensor]] = (),
+    ) -> Reduction:
+        """``g``; optionally ``||g_n||^2``, ``sum_n g_n^2``, ``g_n . g`` and ``g_n . v`` for each
+        parameter-shaped direction ``v`` (one tensor per parameter of the layer)."""
         raise NotImplementedError
 
-    def dots(self, vectors: Sequence[Tensor]) -> Tensor:
-        """``sum over this layer's parameters of g_n . v`` for parameter-shaped ``vectors``."""
-        return self.reduce(sq_norms=False, sgs=False, dot_with=vectors)[2]
+    def dots(self, direction: Sequence[Tensor]) -> Tensor:
+        """``g_n . v`` summed over the layer's parameters."""
+        raise NotImplementedError
 
     def row_shape(self, index: int) -> tuple[int, int]:
         """(rows per sample, row length) of parameter ``index``'s individual gradients."""
         raise NotImplementedError
 
     def rows(self, index: int, samples: Tensor, rows: Tensor) -> Tensor:
-        """Rows ``g_{n}[row]`` for the pairs ``(samples[k], rows[k])``; shape ``(k, row length)``."""
+        """Rows ``g_n[row]`` for the pairs ``(samples[k], rows[k])``; shape ``(k, row length)``."""
         raise NotImplementedError
 
 
 class SharedLinearRule(LayerRule):
-    """``z_{n,t} = W a_{n,t} + b`` for positions ``t``: Linear (T = 1 or sequences) and convolutions
-    (``a`` = unfolded input patches).  ``g_n(W) = B sum_t delta_{n,t} a_{n,t}^T``,
-    ``g_n(b) = B sum_t delta_{n,t}``."""
+    """``z_{n,:,t} = W u_{n,:,t} + b`` at positions ``t``: Linear (``T = 1``, or sequences) and
+    convolutions (``u`` = unfolded input patches, ``(B, p, T)``; ``delta`` is ``(B, o, T)``).
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, inputs: Tensor, deltas: Tensor) -> None:
+    ``g_n(W) = B sum_t delta_{n,:,t} u_{n,:,t}^T``, ``g_n(b) = B sum_t delta_{n,:,t}``.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, patches: Tensor, deltas: Tensor) -> None:
         self.weight, self.bias = weight, bias
         self.params = [weight] if bias is None else [weight, bias]
-        self.a = inputs  # (B, T, p)
-        self.d = deltas  # (B, T, o)
-        self.scale = float(inputs.shape[0])
+        self.u = patches  # (B, p, T)
+        self.d = deltas  # (B, o, T)
+        self.positions = patches.shape[2]
+        self.scale = float(patches.shape[0])
 
     @property
     def batch_size(self) -> int:
-        return self.a.shape[0]
+        return self.u.shape[0]
 
-    @property
-    def _positions(self) -> int:
-        return self.a.shape[1]
-
-    def _weight_matrix(self, tensor: Tensor) -> Tensor:
-        return tensor.reshape(self.d.shape[2], -1)
-
-    def mean_grads(self) -> list[Tensor]:
-        o, p = self.d.shape[2], self.a.shape[2]
-        grad_w = self.d.reshape(-1, o).T @ self.a.reshape(-1, p)
-        out = [grad_w.reshape(self.weight.shape)]
-        if self.bias is not None:
-            out.append(self.d.sum(dim=(0, 1)).reshape(self.bias.shape))
-        return out
+    def _matrix(self, tensor: Tensor) -> Tensor:
+        return tensor.reshape(self.d.shape[1], -1)
 
     def _bias_samples(self) -> Tensor:
-        return self.scale * self.d.sum(dim=1)  # (B, o)
+        return self.scale * self.d.sum(dim=2)  # (B, o)
 
-    def reduce(self, *, sq_norms, sgs, dot_with):
-        a, d, scale = self.a, self.d, self.scale
-        batch, positions, p = a.shape
-        o = d.shape[2]
-        norms_w = sgs_w = dots = None
-        ghost = 2 * positions * positions < p * o
-        if positions == 1:
-            a1, d1 = a[:, 0], d[:, 0]
-            if sq_norms:
-                norms_w = scale**2 * (a1 * a1).sum(1) * (d1 * d1).sum(1)
-            if sgs:
-                sgs_w = (scale**2 * ((d1 * d1).T @ (a1 * a1))).reshape(self.weight.shape)
-            if dot_with is not None:
-                v = self._weight_matrix(dot_with[0])
-                dots = scale * ((a1 @ v.T) * d1).sum(1)
-        elif sgs or (sq_norms and not ghost):
-            norms_w = torch.empty(batch, dtype=a.dtype, device=a.device) if sq_norms else None
-            sgs_w = torch.zeros(o, p, dtype=a.dtype, device=a.device) if sgs else None
-            dots = (
-                torch.empty(batch, dtype=a.dtype, device=a.device) if dot_with is not None else None
-            )
-            v = self._weight_matrix(dot_with[0]) if dot_with is not None else None
+    def _weight_mean(self) -> Tensor:
+        if self.positions == 1:
+            return self.d[:, :, 0].T @ self.u[:, :, 0]
+        return torch.einsum("bot,bpt->op", self.d, self.u)
+
+    def _weight_dots(self, matrix: Tensor) -> Tensor:
+        """``B sum_t delta_t^T V u_t``: one layer-forward with ``V``, no individual gradients."""
+        if self.positions == 1:
+            return self.scale * ((self.u[:, :, 0] @ matrix.T) * self.d[:, :, 0]).sum(1)
+        return self.scale * (self.d * torch.matmul(matrix, self.u)).sum((1, 2))
+
+    def dots(self, direction: Sequence[Tensor]) -> Tensor:
+        total = self._weight_dots(self._matrix(direction[0]))
+        if self.bias is not None:
+            total = total + self._bias_samples() @ direction[1].reshape(-1)
+        return total
+
+    def reduce(self, *, sq_norms, sgs, mean_dots, directions=()):
+        batch, p, positions = self.u.shape
+        o = self.d.shape[1]
+        scale = self.scale
+        out = Reduction(means=[])
+        matrices = [self._matrix(v[0]) for v in directions]
+        norms_w = sgs_w = dots_w = None
+        extra_w: list[Tensor] = []
+        materialize = positions > 1 and (sgs or (sq_norms and 2 * positions**2 >= p * o))
+        if materialize and batch * o * p <= BLOCK_ELEMENTS:
+            grads = scale * torch.bmm(self.d, self.u.transpose(1, 2)).reshape(batch, -1)
+            mean_w = grads.mean(0)
+            squares = grads.square() if (sq_norms or sgs) else None
+            norms_w = squares.sum(1) if sq_norms else None
+            sgs_w = squares.sum(0) if sgs else None
+            dots_w = grads @ mean_w if mean_dots else None
+            extra_w = [grads @ m.reshape(-1) for m in matrices]
+            del grads, squares
+            mean_w = mean_w.reshape(o, p)
+        elif materialize:
+            mean_w = self._weight_mean()
+            norms_w = self.u.new_empty(batch) if sq_norms else None
+            sgs_w = self.u.new_zeros(o * p) if sgs else None
+            dots_w = self.u.new_empty(batch) if mean_dots else None
+            extra_w = [self.u.new_empty(batch) for _ in matrices]
             for block in _blocks(batch, o * p):
-                grads = scale * torch.bmm(d[block].transpose(1, 2), a[block])  # (b, o, p)
+                grads = scale * torch.bmm(self.d[block], self.u[block].transpose(1, 2))
+                grads = grads.reshape(grads.shape[0], -1)
+                squares = grads.square()
                 if norms_w is not None:
-                    norms_w[block] = grads.square().sum((1, 2))
+                    norms_w[block] = squares.sum(1)
                 if sgs_w is not None:
-                    sgs_w += grads.square().sum(0)
-                if dots is not None:
-                    dots[block] = (grads * v).sum((1, 2))
-                del grads
-            sgs_w = sgs_w.reshape(self.weight.shape) if sgs_w is not None else None
+                    sgs_w += squares.sum(0)
+                if dots_w is not None:
+                    dots_w[block] = grads @ mean_w.reshape(-1)
+                for target, m in zip(extra_w, matrices):
+                    target[block] = grads @ m.reshape(-1)
+                del grads, squares
         else:
-            if sq_norms:
-                gram_a = torch.bmm(a, a.transpose(1, 2))
-                gram_d = torch.bmm(d, d.transpose(1, 2))
-                norms_w = scale**2 * (gram_a * gram_d).sum((1, 2))
-                del gram_a, gram_d
-            if dot_with is not None:
-                v = self._weight_matrix(dot_with[0])
-                dots = scale * ((a @ v.T) * d).sum((1, 2))
-        norms = [norms_w] if sq_norms else None
-        sums = [sgs_w] if sgs else None
+            mean_w = self._weight_mean()
+            if sq_norms and positions == 1:
+                u1, d1 = self.u[:, :, 0], self.d[:, :, 0]
+                norms_w = scale**2 * u1.square().sum(1) * d1.square().sum(1)
+            elif sq_norms:
+                gram_u = torch.bmm(self.u.transpose(1, 2), self.u)
+                gram_d = torch.bmm(self.d.transpose(1, 2), self.d)
+                norms_w = scale**2 * (gram_u * gram_d).sum((1, 2))
+                del gram_u, gram_d
+            if sgs:  # positions == 1 here
+                u1, d1 = self.u[:, :, 0], self.d[:, :, 0]
+                sgs_w = scale**2 * (d1.square().T @ u1.square())
+            dots_w = self._weight_dots(mean_w) if mean_dots else None
+            extra_w = [self._weight_dots(m) for m in matrices]
+        out.means.append(mean_w.reshape(self.weight.shape))
+        out.sq_norms = [norms_w] if sq_norms else None
+        out.sgs = [sgs_w.reshape(self.weight.shape)] if sgs else None
+        out.mean_dots, out.dots = dots_w, extra_w
         if self.bias is not None:
             per_sample = self._bias_samples()
+            mean_b = per_sample.mean(0)
+            out.means.append(mean_b.reshape(self.bias.shape))
             if sq_norms:
-                norms.append(per_sample.square().sum(1))
+                out.sq_norms.append(per_sample.square().sum(1))
             if sgs:
-                sums.append(per_sample.square().sum(0).reshape(self.bias.shape))
-            if dot_with is not None:
-                dots = dots + per_sample @ dot_with[1].reshape(-1)
-        return norms, sums, dots
+                out.sgs.append(per_sample.square().sum(0).reshape(self.bias.shape))
+            if mean_dots:
+                out.mean_dots = out.mean_dots + per_sample @ mean_b
+            out.dots = [t + per_sample @ v[1].reshape(-1) for t, v in zip(out.dots, directions)]
+        return out
 
     def row_shape(self, index: int) -> tuple[int, int]:
-        o, p = self.d.shape[2], self.a.shape[2]
+        o, p = self.d.shape[1], self.u.shape[1]
         return (o, p) if index == 0 else (o, 1)
 
     def rows(self, index: int, samples: Tensor, rows: Tensor) -> Tensor:
-        deltas = self.d[samples, :, rows]  # (k, T)
+        deltas = self.d[samples, rows, :]  # (k, T)
         if index == 1:
             return self.scale * deltas.sum(1, keepdim=True)
-        return self.scale * torch.bmm(deltas.unsqueeze(1), self.a[samples]).squeeze(1)
+        patches = self.u[samples]  # (k, p, T)
+        return self.scale * torch.bmm(patches, deltas.unsqueeze(2)).squeeze(2)
 
 
 class MaterializedRule(LayerRule):
@@ -176,20 +219,20 @@ class MaterializedRule(LayerRule):
     def batch_size(self) -> int:
         return self.per_sample[0].shape[0]
 
-    def mean_grads(self) -> list[Tensor]:
-        return [g.mean(0).reshape(p.shape) for g, p in zip(self.per_sample, self.params)]
+    def dots(self, direction: Sequence[Tensor]) -> Tensor:
+        return sum(g @ v.reshape(-1) for g, v in zip(self.per_sample, direction))
 
-    def reduce(self, *, sq_norms, sgs, dot_with):
-        norms = [g.square().sum(1) for g in self.per_sample] if sq_norms else None
-        sums = (
-            [g.square().sum(0).reshape(p.shape) for g, p in zip(self.per_sample, self.params)]
-            if sgs
-            else None
-        )
-        dots = None
-        if dot_with is not None:
-            dots = sum(g @ v.reshape(-1) for g, v in zip(self.per_sample, dot_with))
-        return norms, sums, dots
+    def reduce(self, *, sq_norms, sgs, mean_dots, directions=()):
+        means = [g.mean(0) for g in self.per_sample]
+        out = Reduction(means=[m.reshape(p.shape) for m, p in zip(means, self.params)])
+        if sq_norms:
+            out.sq_norms = [g.square().sum(1) for g in self.per_sample]
+        if sgs:
+            out.sgs = [g.square().sum(0).reshape(p.shape) for g, p in zip(self.per_sample, self.params)]
+        if mean_dots:
+            out.mean_dots = sum(g @ m for g, m in zip(self.per_sample, means))
+        out.dots = [self.dots(v) for v in directions]
+        return out
 
     def row_shape(self, index: int) -> tuple[int, int]:
         return (self.per_sample[index].shape[1], 1)
@@ -203,9 +246,9 @@ class MaterializedRule(LayerRule):
 
 def _linear_rule(module: nn.Linear, inputs: Tensor, grad_out: Tensor) -> LayerRule:
     batch = inputs.shape[0]
-    a = inputs.reshape(batch, -1, module.in_features)
-    d = grad_out.reshape(batch, -1, module.out_features)
-    return SharedLinearRule(module.weight, module.bias, a, d)
+    u = inputs.reshape(batch, -1, module.in_features).transpose(1, 2)
+    d = grad_out.reshape(batch, -1, module.out_features).transpose(1, 2)
+    return SharedLinearRule(module.weight, module.bias, u, d)
 
 
 def _unfold(module: nn.modules.conv._ConvNd, inputs: Tensor) -> Tensor:
@@ -230,8 +273,8 @@ def _unfold(module: nn.modules.conv._ConvNd, inputs: Tensor) -> Tensor:
 
 def _conv_rule(module: nn.modules.conv._ConvNd, inputs: Tensor, grad_out: Tensor) -> LayerRule:
     batch = inputs.shape[0]
-    patches = _unfold(module, inputs).transpose(1, 2)  # (B, T, p)
-    d = grad_out.reshape(batch, module.out_channels, -1).transpose(1, 2)  # (B, T, o)
+    patches = _unfold(module, inputs)  # (B, p, T)
+    d = grad_out.reshape(batch, module.out_channels, -1)  # (B, o, T)
     return SharedLinearRule(module.weight, module.bias, patches, d)
 
 

@@ -69,13 +69,14 @@ class Request:
         return any((self.sq_norms, self.dots, self.mean_grads, self.sgs, self.hist1d, self.hist2d))
 
     @property
-    def recording(self) -> bool:
+    def captures(self) -> bool:
+        """Whether the forward/backward pass must be recorded (hooks armed)."""
         return (
             self.first_order
             or self.projection
             or self.losses
             or self.diagonal
-            or (self.max_eigenvalue)
+            or self.max_eigenvalue
         )
 
 
@@ -107,6 +108,7 @@ class Statistics:
     distance: float | None = None
     update_size: float | None = None
     alpha: Any = None
+    projection: Tensor | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @functools.cached_property
@@ -206,13 +208,19 @@ class StatisticsEngine:
         return rules, ("; ".join(problems) or None)
 
     # ------------------------------------------------------------------------ collect
-    def collect(self, request: Request, lr: float) -> Statistics:
-        """Compute the requested statistics from the recorded pass (parameters still at theta_t)."""
-        self._check_batchnorm()
-        output, target = self._loss_inputs()
-        with self.capture.suspended():
-            losses = individual_losses(self.loss_fn, output, target).double()
-        stats = Statistics(batch_size=losses.numel(), names=self.names, lr=lr, losses=losses)
+    def collect(
+        self, request: Request, lr: float, direction: list[Tensor] | None = None
+    ) -> Statistics:
+        """Compute the requested statistics from the recorded pass (parameters still at theta_t);
+        with ``direction``, also ``g_n . direction`` (``stats.projection``) in the same pass."""
+        if not (request.captures or direction is not None):
+            stats = Statistics(batch_size=0, names=self.names, lr=lr)
+        else:
+            self._check_batchnorm()
+            output, target = self._loss_inputs()
+            with self.capture.suspended():
+                losses = individual_losses(self.loss_fn, output, target).double()
+            stats = Statistics(batch_size=losses.numel(), names=self.names, lr=lr, losses=losses)
         if request.grad_norms:
             norms = torch.stack([
                 torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64) for p in self.params
@@ -220,13 +228,15 @@ class StatisticsEngine:
             stats.grad_norms = dict(zip(self.names, norms.tolist()))
         if request.params:
             stats.params = [p.detach() for p in self.params]
-        if request.first_order or request.projection:
-            self._first_order(request, stats)
+        if request.first_order or request.projection or direction is not None:
+            self._first_order(request, stats, direction)
         if request.diagonal or request.max_eigenvalue:
             self._curvature(request, stats, target)
         return stats
 
-    def _first_order(self, request: Request, stats: Statistics) -> None:
+    def _first_order(
+        self, request: Request, stats: Statistics, direction: list[Tensor] | None
+    ) -> None:
         rules, problem = self._build_rules()
         if problem is not None:
             for key in ("sq_norms", "dots", "mean_grads", "sgs", "hist1d", "hist2d", "projection"):
@@ -234,37 +244,43 @@ class StatisticsEngine:
             self._rules = []
             return
         self._rules = rules
-        if not request.first_order:
+        index = {name: i for i, name in enumerate(self.names)}
+        histograms = request.hist1d is not None or request.hist2d is not None
+        want_norms = request.sq_norms or histograms
+        if not request.first_order:  # only the pending Alpha projection
+            if direction is not None:
+                stats.projection = self.project(direction)
             return
-        order = {name: i for i, name in enumerate(self.names)}
         mean_grads: list[Tensor | None] = [None] * len(self.names)
         sgs: list[Tensor | None] = [None] * len(self.names)
         device = self.params[0].device
         total_norms = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
         total_dots = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
-        histograms = request.hist1d is not None or request.hist2d is not None
+        projection = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
         for rule, names in rules:
-            means = rule.mean_grads()
-            norms, sums, dots = rule.reduce(
-                sq_norms=request.sq_norms or histograms,
-                sgs=request.sgs,
-                dot_with=means if request.dots else None,
+            directions = [[direction[index[n]] for n in names]] if direction is not None else []
+            out = rule.reduce(
+                sq_norms=want_norms, sgs=request.sgs, mean_dots=request.dots, directions=directions
             )
             for i, name in enumerate(names):
-                mean_grads[order[name]] = means[i]
-                if sums is not None:
-                    sgs[order[name]] = sums[i]
-                if norms is not None:
-                    total_norms += norms[i]
-            if dots is not None:
-                total_dots += dots
+                mean_grads[index[name]] = out.means[i]
+                if out.sgs is not None:
+                    sgs[index[name]] = out.sgs[i]
+                if out.sq_norms is not None:
+                    total_norms += out.sq_norms[i]
+            if out.mean_dots is not None:
+                total_dots += out.mean_dots
+            if out.dots:
+                projection += out.dots[0]
         stats.mean_grads = mean_grads
         if request.sgs:
             stats.sgs = sgs
-        if request.sq_norms or histograms:
+        if want_norms:
             stats.sq_norms = total_norms
         if request.dots:
             stats.dots = total_dots
+        if direction is not None:
+            stats.projection = projection
         if histograms:
             self._histograms(request, stats, rules)
 

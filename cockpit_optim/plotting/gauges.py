@@ -45,6 +45,7 @@ ALPHA_LIMIT = 1.5  # the Alpha axis spans [-ALPHA_LIMIT, ALPHA_LIMIT]
 ALPHA_BINS = 30
 TESTS = (("NormTest", "norm ball", "blue"), ("InnerTest", "inner band", "orange"))
 TESTS += (("OrthoTest", "ortho band", "green"),)
+ACTIONS_ANNOTATED = 6  # with more actions, only the newest reason per controller is written
 METRIC_PREFIXES = ("train_", "test_", "val_", "valid_", "eval_")
 
 
@@ -264,44 +265,65 @@ def draw_hyperparameters(ax: Axes, records: Sequence[dict], view: View) -> None:
         )
         right.set_ylabel("batch size", color=COLORS["orange"])
         right.set_ylim(0, batch.max() * 2.0)  # below the learning rate when both are constant
-    reasons: dict[str, str] = {}
-    palette = [COLORS[c] for c in ("red", "purple", "green", "grey")]
+    handles += _draw_actions(ax, actions)
+    view.step_axis(ax)
+    ax.set_xlabel("step")
+    legend_below(ax, handles, columns=2 if actions else 3)
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _draw_actions(ax: Axes, actions: list[tuple[int, dict]]) -> list[Line2D]:
+    """A ▼ and a dotted line per action, one colour per controller and target; each action's
+    change and reason written beside it when there are few, else the newest reason in the legend."""
+    palette = itertools.cycle(COLORS[c] for c in ("red", "purple", "green", "grey"))
+    groups: dict[tuple[str, str], list[tuple[int, dict]]] = {}
     for step, action in actions:
-        reason = (
-            f"{action.get('controller', '?')}: {action.get('what', '?')} ({action.get('why', '')})"
-        )
-        color = reasons.setdefault(reason, palette[len(reasons) % len(palette)])
-        ax.axvline(step, color=color, linewidth=0.8, linestyle=":", zorder=1)
+        key = (str(action.get("controller", "?")), str(action.get("what", "?")))
+        groups.setdefault(key, []).append((step, action))
+    handles = []
+    for (controller, what), items in groups.items():
+        color = next(palette)
+        for step, action in items:
+            ax.axvline(step, color=color, linewidth=0.8, linestyle=":", zorder=1)
+            if len(actions) <= ACTIONS_ANNOTATED:
+                to = as_number(action.get("to"))
+                change = "" if to is None else f"→{to:.3g}"
+                why = _short(str(action.get("why", "")), 40)
+                ax.text(
+                    step,
+                    0.95,
+                    f" {what}{change}: {why}",
+                    rotation=90,
+                    va="top",
+                    ha="left",
+                    fontsize=NOTE_SIZE - 0.5,
+                    color=color,
+                    transform=ax.get_xaxis_transform(),
+                    gid="action",
+                )
+        steps = [step for step, _ in items]
         ax.plot(
-            [step],
-            [0.98],
+            steps,
+            [0.98] * len(steps),
             marker="v",
-            color=color,
             markersize=6,
+            linestyle="none",
+            color=color,
             transform=ax.get_xaxis_transform(),
             clip_on=False,
             zorder=5,
         )
-        if len(actions) <= 12:
-            to = as_number(action.get("to"))
-            change = "" if to is None else f"→{to:.3g}"
-            ax.text(
-                step,
-                0.95,
-                f" {action.get('what', '')}{change}",
-                rotation=90,
-                va="top",
-                ha="left",
-                fontsize=NOTE_SIZE - 0.5,
-                color=color,
-                transform=ax.get_xaxis_transform(),
-            )
-    for reason, color in reasons.items():
-        shown = reason if len(reason) <= 70 else reason[:69] + "…"
-        handles.append(Line2D([], [], color=color, marker="v", linestyle=":", label=shown))
-    view.step_axis(ax)
-    ax.set_xlabel("step")
-    legend_below(ax, handles)
+        label = f"{controller}: {what} ×{len(items)}"
+        if len(actions) > ACTIONS_ANNOTATED:
+            step, newest = items[-1]
+            label += f", newest (step {step}): {newest.get('why', '')}"
+        handles.append(
+            Line2D([], [], color=color, marker="v", linestyle=":", label=_short(label, 64))
+        )
+    return handles
 
 
 def metric_keys(records: Sequence[dict]) -> list[str]:

@@ -121,9 +121,9 @@ def legend(ax: Axes, handles: Sequence | None = None, **options) -> None:
     ax.legend(**kwargs, **options)
 
 
-def legend_below(ax: Axes, handles: Sequence) -> None:
+def legend_below(ax: Axes, handles: Sequence, columns: int = 3) -> None:
     """A legend under the panel's x label (for the wide bottom panels)."""
-    legend(ax, handles, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=3, frameon=False)
+    legend(ax, handles, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=columns, frameon=False)
 
 
 def log_ticks(ax: Axes) -> None:
@@ -169,9 +169,9 @@ def guarded(axes: Sequence[Axes], name: str, draw: Callable[[], None]) -> None:
 
 def ema(values: np.ndarray, weight: float | None = None) -> np.ndarray:
     """Exponential moving average with bias correction (starts at the first value); by default the
-    weight of a new value shrinks with the number of values (0.5 for <= 40 values, 0.05 for 400+)."""
+    weight of a new value shrinks with the number of values (0.5 for <= 40 values, 0.1 for 200+)."""
     if weight is None:
-        weight = min(0.5, max(0.05, 20.0 / max(len(values), 1)))
+        weight = min(0.5, max(0.1, 20.0 / max(len(values), 1)))
     out = np.empty(len(values))
     mean, total = 0.0, 0.0
     for i, value in enumerate(values):
