@@ -309,12 +309,12 @@ def test_each_cheap_instrument_alone(name):
     opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
                              instruments=[name], track=schedules.linear(2, offset=1))
     gen = torch.Generator().manual_seed(0)
-    theta0 = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    thetas = []
     for _ in range(4):
+        thetas.append(torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]))
         step_with(opt, model, loss_fn, *batch(gen, 5))
     assert [r["step"] for r in opt.history] == [1, 3]
     assert all(math.isfinite(r[name]) for r in opt.history)
     if name == "Distance":  # theta_0 is taken at the first step() call, tracked or not
-        theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        assert opt.history[-1]["Distance"] < float((theta - theta0).norm())
-        assert opt.history[0]["Distance"] > 0
+        expected = float((thetas[3] - thetas[0]).norm())
+        assert opt.history[-1]["Distance"] == pytest.approx(expected, rel=1e-12)

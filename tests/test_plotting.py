@@ -1,0 +1,427 @@
+"""The cockpit view, the layer-wise view, live mode and the animation (cockpit_optim.plotting)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.patches import Circle, Rectangle
+from models import make_problem
+from PIL import Image
+
+from cockpit_optim import MonitoredOptimizer, ReadingWarning, load_log
+from cockpit_optim.log import LogWriter
+from cockpit_optim.plotting import LivePlot, animate, plot, plot_layerwise
+from cockpit_optim.plotting.gauges import ALPHA_LIMIT
+
+PANELS = [
+    "Alpha",
+    "Distance",
+    "UpdateSize",
+    "GradNorm",
+    "GradientTests",
+    "GradientTests history",
+    "GradHist1d",
+    "GradHist2d",
+    "HessMaxEV",
+    "HessTrace",
+    "TICDiag",
+    "TICTrace",
+    "HyperParameters",
+    "Performance",
+]
+TITLES = ["Alpha", "Distance & UpdateSize", "GradNorm", "Gradient tests", "GradHist1d"]
+TITLES += ["GradHist2d", "HessMaxEV", "HessTrace", "TICDiag & TICTrace", "Hyper-parameters"]
+TITLES += ["Performance"]
+NOT_TRACKED = {
+    "economy": {"GradHist2d", "HessMaxEV", "HessTrace", "TICDiag", "TICTrace"},
+    "business": {"GradHist2d", "HessMaxEV"},
+    "full": set(),
+}
+
+
+class HalveLR:
+    """A minimal controller: halves the learning rate once, at step 3."""
+
+    instruments = ("Loss",)
+
+    def observe(self, record, optimizer):
+        if record["step"] != 3:
+            return []
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.param_groups[0]["lr"] = lr / 2
+        return [{"controller": "HalveLR", "what": "lr", "from": lr, "to": lr / 2, "why": "test"}]
+
+
+def _train(
+    log_dir, instruments="full", steps=8, controllers=(), batch_sizes=None
+) -> MonitoredOptimizer:
+    model, loss_fn, batch = make_problem("mlp")
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=instruments,
+        log_dir=log_dir,
+        controllers=controllers,
+    )
+    gen = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReadingWarning)
+        for step in range(steps):
+            x, y = batch(gen, batch_sizes[step] if batch_sizes else 12)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    return opt
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Logs of real short runs: the three configurations, one with a controller and one whose
+    batch of size 1 makes the gradient tests nan."""
+    root = tmp_path_factory.mktemp("runs")
+    for name in NOT_TRACKED:
+        _train(root / name, instruments=name)
+    _train(root / "controlled", instruments="economy", controllers=[HalveLR()])
+    _train(root / "nan", instruments="economy", batch_sizes=[12, 12, 1, 12, 1, 12, 12, 12])
+    return {path.name: path for path in root.iterdir()}
+
+
+def by_label(fig) -> dict:
+    return {ax.get_label(): ax for ax in fig.axes if ax.get_label()}
+
+
+def texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def messages(fig) -> dict[str, str]:
+    return {
+        ax.get_label(): t.get_text()
+        for ax in fig.axes
+        for t in ax.texts
+        if t.get_gid() == "message"
+    }
+
+
+def titles(fig) -> list[str]:
+    return [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+
+
+def synthetic(alphas=(), n=None, **extra) -> list[dict]:
+    """Small records following SPEC section 3 (only the keys given)."""
+    n = n if n is not None else len(alphas)
+    records = [{"step": 2 * i, "Loss": 1.0 / (i + 1), "lr": 0.1, "batch_size": 8} for i in range(n)]
+    for record, alpha in zip(records, alphas):
+        record["Alpha"] = alpha
+    for key, values in extra.items():
+        for record, value in zip(records, values):
+            record[key] = value
+    return records
+
+
+@pytest.mark.parametrize("config", ["economy", "business", "full"])
+def test_cockpit_has_every_panel_and_marks_missing_instruments(runs, config, tmp_path):
+    fig = plot(runs[config], tmp_path / "cockpit.png")
+    assert set(PANELS) <= set(by_label(fig))
+    assert set(TITLES) <= set(titles(fig))
+    missing = {label for label, text in messages(fig).items() if "not tracked" in text}
+    assert missing == NOT_TRACKED[config]
+    with Image.open(tmp_path / "cockpit.png") as image:
+        assert image.format == "PNG" and image.size == (1600, 1200)
+
+
+def test_histogram_bars_are_the_newest_counts(runs):
+    records = load_log(runs["full"])
+    hist = records[-1]["GradHist1d"]
+    ax = by_label(plot(records))["GradHist1d"]
+    heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
+    assert heights == hist["counts"]
+    assert ax.get_xlim() == (hist["edges"][0], hist["edges"][-1])
+    shown = {t.get_gid(): t.get_text() for t in ax.texts}
+    for side in ("underflow", "overflow"):
+        if hist[side]:
+            assert f"{hist[side]:,}" in shown[side]
+        else:
+            assert side not in shown
+
+
+def test_underflow_and_overflow_are_annotated():
+    records = synthetic(n=1)
+    records[0]["GradHist1d"] = {
+        "edges": [-1.0, 0.0, 1.0],
+        "counts": [5, 7],
+        "underflow": 1234,
+        "overflow": 2,
+        "binned": 1248,
+        "population": 2496,
+    }
+    ax = by_label(plot(records))["GradHist1d"]
+    shown = " ".join(texts(ax))
+    assert "1,234 below" in shown and "2 above" in shown and "subsample" in shown
+
+
+def test_hist2d_heat_map_and_marginals(runs):
+    records = load_log(runs["full"])
+    hist = records[-1]["GradHist2d"]
+    axes = by_label(plot(records))
+    mesh = axes["GradHist2d"].collections[0]
+    np.testing.assert_array_equal(np.ma.filled(mesh.get_array(), 0), np.asarray(hist["counts"]))
+    top = [p.get_height() for p in axes["GradHist2d gradient marginal"].patches]
+    side = [p.get_width() for p in axes["GradHist2d parameter marginal"].patches]
+    np.testing.assert_array_equal(top, np.sum(hist["counts"], axis=0))
+    np.testing.assert_array_equal(side, np.sum(hist["counts"], axis=1))
+
+
+def test_gradient_test_shapes_show_the_newest_radii(runs):
+    records = load_log(runs["economy"])
+    newest = records[-1]
+    ax = by_label(plot(records))["GradientTests"]
+    circles = [p for p in ax.patches if isinstance(p, Circle)]
+    assert circles and all(c.get_radius() == pytest.approx(newest["NormTest"]) for c in circles)
+    bands = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert any(b.get_x() == pytest.approx(1 - newest["InnerTest"]) for b in bands)
+    assert any(b.get_y() == pytest.approx(-newest["OrthoTest"]) for b in bands)
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    box = ax.get_position()
+    fig = ax.figure
+    ratio = (box.height * fig.get_figheight()) / (box.width * fig.get_figwidth())
+    assert (y1 - y0) / (x1 - x0) == pytest.approx(ratio)  # equal units: the ball is round
+
+
+def test_alpha_marks_readings_beyond_the_axis():
+    alphas = [-4.0, -2.0, -1.0, 0.0, 0.2, 0.4, 1.0, 2.0, 3.0, 9.0]
+    fig = plot(synthetic(alphas), last_fraction=0.3)
+    ax = by_label(fig)["Alpha"]
+    marks = {t.get_gid(): int(t.get_text().strip("◀▶ ")) for t in ax.texts}
+    recent = alphas[-3:]
+    assert marks["alpha-all-below"] == sum(a < -ALPHA_LIMIT for a in alphas)
+    assert marks["alpha-all-above"] == sum(a > ALPHA_LIMIT for a in alphas)
+    assert marks["alpha-last-above"] == sum(a > ALPHA_LIMIT for a in recent)
+    assert "alpha-last-below" not in marks
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [
+        f"all 10 · mean {np.mean(alphas):.2f}",
+        f"last 30% (3) · mean {np.mean(recent):.2f}",
+    ]
+    heights = [p.get_height() for p in ax.patches]
+    inside = [a for a in alphas if abs(a) <= ALPHA_LIMIT]
+    assert sum(heights[: len(heights) // 2]) == pytest.approx(len(inside) / len(alphas))
+
+
+def test_nan_readings_are_skipped(runs):
+    records = load_log(runs["nan"])
+    assert any(math.isnan(r["NormTest"]) for r in records)
+    axes = by_label(plot(records))
+    finite = [r["NormTest"] for r in records if math.isfinite(r["NormTest"])]
+    points = axes["GradientTests history"].collections[0].get_offsets()
+    np.testing.assert_allclose(points[:, 1], finite)
+    loss = [r["Loss"] for r in records]
+    np.testing.assert_allclose(axes["Performance"].collections[0].get_offsets()[:, 1], loss)
+
+
+def test_all_nan_reading_says_so():
+    fig = plot(synthetic(n=3, GradNorm=[math.nan] * 3))
+    assert messages(fig)["GradNorm"] == "GradNorm: no finite reading"
+
+
+def test_single_record_and_log_steps(runs):
+    records = load_log(runs["full"])[:1]
+    fig = plot(records, log_steps=True)
+    assert set(PANELS) <= set(by_label(fig))
+    assert by_label(fig)["GradNorm"].get_xscale() == "symlog"
+    assert by_label(plot(records))["GradNorm"].get_xscale() == "linear"
+
+
+def test_controller_actions_and_metrics_are_shown(runs):
+    records = load_log(runs["controlled"])
+    records[-1]["test_accuracy"] = 0.5
+    records[-1]["val_loss"] = 1.0
+    axes = by_label(plot(records))
+    legend = [t.get_text() for t in axes["HyperParameters"].get_legend().get_texts()]
+    assert "HalveLR: lr ×1" in legend and "batch size" in legend
+    lr = axes["HyperParameters"].get_lines()[0].get_ydata()
+    assert lr[0] == 0.1 and lr[-1] == 0.05
+    assert " lr→0.05: test" in texts(axes["HyperParameters"])
+    fig = axes["Performance"].figure
+    performance = [
+        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+    ]
+    assert {"test accuracy", "val loss", "mini-batch loss (moving average)"} <= set(performance)
+
+
+def test_sources_are_equivalent(runs, tmp_path):
+    opt = _train(tmp_path / "log", instruments="economy", steps=4)
+    folder, file = tmp_path / "log", tmp_path / "log" / "cockpit.jsonl"
+    expected = titles(plot(opt))
+    for source in (opt.history, folder, str(file)):
+        assert titles(plot(source)) == expected
+    with pytest.raises(TypeError):
+        plot(42)
+    with pytest.raises(ValueError, match="no records"):
+        plot([])
+    with pytest.raises(ValueError, match="not a record"):
+        plot([{"Loss": 1.0}])
+    with pytest.raises(ValueError, match="last_fraction"):
+        plot(opt, last_fraction=0)
+
+
+def test_truncated_log_plots(runs, tmp_path):
+    text = (runs["full"] / "cockpit.jsonl").read_text()
+    (tmp_path / "cockpit.jsonl").write_text(text[: len(text) - 40])
+    with pytest.warns(UserWarning, match="truncated"):
+        fig = plot(tmp_path)
+    kept = load_log(runs["full"])[:-1]
+    header = " ".join(t.get_text() for t in fig.texts)
+    assert f"step {kept[-1]['step']}  ·  {len(kept)} tracked steps" in header
+
+
+def test_malformed_record_spoils_one_panel_only():
+    records = synthetic(n=2, Alpha=[0.1, 0.2])
+    records[-1]["GradHist1d"] = {"edges": [0.0, 1.0], "counts": [1, 2, 3]}
+    with pytest.warns(UserWarning, match="GradHist1d cannot be drawn"):
+        fig = plot(records)
+    assert messages(fig)["GradHist1d"].startswith("cannot draw GradHist1d")
+    assert "Alpha" not in messages(fig)
+
+
+def test_layerwise_view_has_one_panel_per_parameter(runs, tmp_path):
+    opt = _train(tmp_path, instruments="economy", steps=3)
+    layers = opt.history[-1]["GradHist1d"]["layers"]
+    fig = plot(opt, tmp_path / "layers.png", layerwise=True)
+    assert [ax.get_label() for ax in fig.axes] == [n for n, _ in opt.model.named_parameters()]
+    assert list(layers) == [ax.get_label() for ax in fig.axes]
+    limits = {ax.get_xlim() for ax in fig.axes}
+    assert len(limits) == 1  # one shared value axis
+    for ax in fig.axes:
+        assert [p.get_height() for p in ax.patches] == layers[ax.get_label()]["counts"]
+    with Image.open(tmp_path / "layers.png") as image:
+        assert image.format == "PNG" and image.width == 1600
+    assert messages(plot_layerwise(synthetic(n=1)))["GradHist1d"] == "GradHist1d not tracked"
+
+
+def test_no_global_matplotlib_state(runs, tmp_path):
+    import matplotlib.pyplot as plt
+
+    def rc_state() -> dict:  # raw values: reading "backend" through rcParams would resolve it
+        return {k: dict.__getitem__(matplotlib.rcParams, k) for k in dict.keys(matplotlib.rcParams)}
+
+    rc = rc_state()
+    plot(runs["full"], tmp_path / "a.png")
+    plot_layerwise(runs["full"], tmp_path / "b.png")
+    animate(runs["full"], tmp_path / "c.gif", frames=1, dpi=20)
+    assert rc_state() == rc
+    assert plt.get_fignums() == []
+
+
+def test_importing_and_plotting_leave_pyplot_alone():
+    code = (
+        "import sys, matplotlib; raw = lambda: {k: dict.__getitem__(matplotlib.rcParams, k) "
+        "for k in dict.keys(matplotlib.rcParams)}; rc = raw(); "
+        "import cockpit_optim.plotting as p; p.plot([{'step': 0, 'Loss': 1.0}]); "
+        "assert 'matplotlib.pyplot' not in sys.modules; assert raw() == rc"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_animation_is_a_gif_with_one_frame_per_cut(runs, tmp_path):
+    path = animate(runs["economy"], tmp_path / "run.gif", frames=2, dpi=20)
+    with Image.open(path) as image:
+        assert image.format == "GIF" and image.n_frames == 2
+    with pytest.raises(ValueError):
+        animate([], tmp_path / "empty.gif")
+
+
+def test_live_plot_redraws_every_n_records(runs, tmp_path):
+    records = load_log(runs["economy"])
+    live = LivePlot(tmp_path, every=3, background=False)
+    live.update(records[:2])
+    assert not (tmp_path / "cockpit.png").exists()
+    live.update(records[:3])
+    assert live.drawn == 3 and (tmp_path / "cockpit.png").exists()
+    live.update(records[:5])
+    assert live.drawn == 3
+    live.close(records)
+    assert live.drawn == len(records)
+    with Image.open(tmp_path / "cockpit.png") as image:
+        assert image.format == "PNG"
+    assert not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_live_plot_in_background_with_layerwise(runs, tmp_path):
+    records = load_log(runs["full"])
+    live = LivePlot(tmp_path / "live", every=1, layerwise=True)
+    live.update(records)
+    live.close()
+    assert (tmp_path / "live" / "cockpit.png").exists()
+    assert (tmp_path / "live" / "cockpit_layerwise.png").exists()
+
+
+def test_failing_live_plot_warns_once_and_never_raises(runs, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    records = load_log(runs["economy"])
+    live = LivePlot(blocker, every=1, background=False)
+    with pytest.warns(RuntimeWarning, match="live cockpit plot") as caught:
+        for n in range(1, 4):
+            live.update(records[:n])
+        live.close(records)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+
+
+def test_log_record_roundtrip_keeps_plot_inputs(tmp_path):
+    """Records written through the log (nan as strings) plot like the in-memory ones."""
+    records = synthetic([0.1, math.nan, 0.3])
+    writer = LogWriter(tmp_path)
+    for record in records:
+        writer.write(record)
+    line = (tmp_path / "cockpit.jsonl").read_text().splitlines()[1]
+    assert json.loads(line)["Alpha"] == "nan"
+    legend = by_label(plot(tmp_path))["Alpha"].get_legend().get_texts()
+    assert legend[0].get_text() == "all 2 · mean 0.20"
+
+
+def test_live_plot_as_observer_of_a_real_run(tmp_path):
+    live = LivePlot(tmp_path, every=2, background=False)
+    opt = _train(tmp_path, instruments="economy", steps=4, controllers=[live])
+    assert live.drawn == 2 and (tmp_path / "cockpit.png").exists()
+    assert not any("actions" in r for r in opt.history)  # a passive observer
+    live.close(opt.history)
+    assert live.drawn == len(opt.history)
+
+
+def test_learning_rate_per_parameter_group():
+    records = synthetic(n=3, lr=[[0.1, 0.01], [0.1, 0.01], [0.05, 0.01]])
+    ax = by_label(plot(records))["HyperParameters"]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines["learning rate (group 0)"] == [0.1, 0.1, 0.05]
+    assert lines["learning rate (group 1)"] == [0.01, 0.01, 0.01]
+
+
+def test_many_actions_are_grouped_by_controller():
+    records = synthetic(n=20)
+    for record in records[2::2]:
+        why = f"reading at step {record['step']}"
+        record["actions"] = [
+            {"controller": "A", "what": "lr", "from": 0.1, "to": 0.2, "why": why},
+            {"controller": "B", "what": "batch_size", "from": 8, "to": 16, "why": why},
+        ]
+    ax = by_label(plot(records))["HyperParameters"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[2:] == [
+        "A: lr ×9, newest (step 36): reading at step 36",
+        "B: batch_size ×9, newest (step 36): reading at step 36",
+    ]
+    assert not [t for t in ax.texts if t.get_gid() == "action"]  # too many to write beside
+    markers = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert [len(line.get_xdata()) for line in markers] == [9, 9]
