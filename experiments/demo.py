@@ -29,9 +29,16 @@ def digits(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def small_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 10),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 2 * 2, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
     )
 
 
@@ -64,8 +71,11 @@ def main() -> None:
     (log_dir / "cockpit.jsonl").unlink(missing_ok=True)
     opt = MonitoredOptimizer(
         torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
-        model, loss_fn, instruments=args.instruments,
-        track=schedules.logarithmic(end=args.steps - 2, points=40), log_dir=log_dir,
+        model,
+        loss_fn,
+        instruments=args.instruments,
+        track=schedules.logarithmic(end=args.steps - 2, points=40),
+        log_dir=log_dir,
     )
     warnings.simplefilter("ignore", ReadingWarning)
     for step in tqdm(range(args.steps), desc="training", unit="step"):
@@ -81,8 +91,10 @@ def main() -> None:
     records = load_log(log_dir)
     print(f"\n{len(records)} records in {log_dir / 'cockpit.jsonl'}; train accuracy {accuracy:.3f}")
     first, last = records[0], records[-1]
-    print(f"\n{'reading':<16}{'first (step ' + str(first['step']) + ')':>22}"
-          f"{'newest (step ' + str(last['step']) + ')':>24}")
+    print(
+        f"\n{'reading':<16}{'first (step ' + str(first['step']) + ')':>22}"
+        f"{'newest (step ' + str(last['step']) + ')':>24}"
+    )
     earlier = dict(summarize(first))
     for key, value in summarize(last):
         if key != "step":

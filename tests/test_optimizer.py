@@ -318,3 +318,27 @@ def test_each_cheap_instrument_alone(name):
     if name == "Distance":  # theta_0 is taken at the first step() call, tracked or not
         expected = float((thetas[3] - thetas[0]).norm())
         assert opt.history[-1]["Distance"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_default_histogram_budget_is_within_one_percent_of_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 200), nn.ReLU(), nn.Linear(200, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(64, 300), torch.randint(0, 10, (64,))
+    records = []
+    for budget in (None, GradHist1d().spec.max_elements):
+        hist = GradHist1d(range=(-0.05, 0.05), max_elements=budget)
+        opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn,
+                                 instruments=[hist])
+        step_with(opt, model, loss_fn, x, y)
+        opt.remove_hooks()
+        records.append(opt.history[0]["GradHist1d"])
+    exact, sampled = records
+    assert exact["binned"] == exact["population"] > 4 * sampled["binned"]
+    assert abs(sampled["binned"] - 2**18) < 100
+
+    def normalized(r):
+        c = torch.tensor([r["underflow"], *r["counts"], r["overflow"]], dtype=torch.float64)
+        return c / c.sum()
+
+    assert float((normalized(exact) - normalized(sampled)).abs().sum()) < 0.01

@@ -1,9 +1,12 @@
 """Histograms of individual gradient elements ``g_{n,d}`` (and of pairs ``(theta_d, g_{n,d})``).
 
-Counts are exact int64 ``bincount`` results: float32 ``torch.histc`` stops counting at ``2^24`` per bin
-on the CPU.  Above the element budget, whole rows of individual gradients are drawn uniformly without
-replacement from each parameter, the number of rows proportional to the parameter's size (with
-stochastic rounding), so every element is equally likely to be binned; no ``B x D`` tensor is formed.
+Counts are exact int64 ``bincount`` results (float32 ``torch.histc`` stops counting at ``2^24`` per
+bin on the CPU).  Below the element budget every element is binned, computed row by row in chunks.
+Above it, elements ``(n, d)`` are drawn independently and uniformly (with replacement) from each
+parameter, their number proportional to the parameter's size (stochastic rounding), and each one is
+computed directly from the layer's input and output gradient: every element is equally likely to be
+binned and no ``B x D`` tensor is formed.  (Drawing whole rows instead correlates the draws and
+multiplies the error several times: measured in ``experiments/benchmark_histogram.py``.)
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from .layers import LayerRule
 _CHUNK_ELEMENTS = 2**22
 
 
-def _row_selection(total_rows: int, fraction: float, generator: torch.Generator) -> Tensor:
-    expected = total_rows * fraction
+def _count_for(expected: float, generator: torch.Generator) -> int:
+    """``expected`` rounded stochastically, so the mean count is exact."""
     count = int(expected)
     if torch.rand((), generator=generator).item() < expected - count:
         count += 1
-    return torch.randperm(total_rows, generator=generator)[:count]
+    return count
 
 
 class ElementSample:
@@ -53,70 +56,57 @@ def draw_elements(
     for rule, names in rules:
         batch = rule.batch_size
         for index, (name, param) in enumerate(zip(names, rule.params)):
+            size = param.numel()
+            sample.population[name] = batch * size
+            flat_param = param.detach().reshape(-1)
+            if fraction < 1.0:  # independent uniform draws: no correlated blocks
+                count = _count_for(fraction * batch * size, generator)
+                flat = torch.randint(0, batch * size, (count,), generator=generator)
+                flat = flat.to(param.device)
+                samples, coords = flat // size, flat % size
+                sample.values[name] = [rule.elements(index, samples, coords)]
+                sample.params[name] = [flat_param[coords]] if with_params else []
+                continue
             per_sample, row_len = rule.row_shape(index)
-            total_rows = batch * per_sample
-            sample.population[name] = batch * param.numel()
-            if fraction >= 1.0:
-                chosen = torch.arange(total_rows)
-            else:
-                chosen = _row_selection(total_rows, fraction, generator)
-            chosen = chosen.to(param.device)
+            rows = torch.arange(batch * per_sample, device=param.device)
             chunk = max(1, _CHUNK_ELEMENTS // max(1, row_len * rule.positions))
             values, params = [], []
-            flat_param = param.detach().reshape(per_sample, row_len)
-            for start in range(0, chosen.numel(), chunk):
-                rows = chosen[start : start + chunk]
-                samples, within = rows // per_sample, rows % per_sample
+            by_row = flat_param.reshape(per_sample, row_len)
+            for block in rows.split(chunk):
+                samples, within = block // per_sample, block % per_sample
                 values.append(rule.rows(index, samples, within).reshape(-1))
                 if with_params:
-                    params.append(flat_param[within].reshape(-1))
+                    params.append(by_row[within].reshape(-1))
             sample.values[name] = values
             sample.params[name] = params
     return sample
 
 
-# torch.histogram counts in float32 on the CPU, exact up to 2^24 per call: chunk below that.
-_EXACT_FLOAT_COUNT = 2**24
-
-
 def _bucket(values: Tensor, low: float, high: float, bins: int) -> Tensor:
-    """Bin index per value (device-side): ``-1`` below, ``bins`` above the range or NaN; bins
-    ``[e_i, e_{i+1})`` with the last one closed, ``e = linspace(low, high)`` in the values' dtype."""
-    edges = torch.linspace(low, high, bins + 1, dtype=values.dtype, device=values.device)
-    index = torch.bucketize(values, edges, right=True) - 1
-    index = torch.where(values == edges[-1], bins - 1, index)
-    return torch.where(torch.isnan(values), bins, index)
+    """Bin index per value, shifted by one: 0 below the range, ``1..bins`` inside (bins
+    ``[e_i, e_{i+1})`` with ``e_i = low + (high - low) i / bins``, the last one closed), ``bins + 1``
+    above, ``bins + 2`` for NaN.  The index is ``floor((v - low) / (high - low) * bins)``, exact at
+    ``v = low`` and, for symmetric ranges, at ``v = 0``."""
+    scaled = torch.sub(values, low).div_(high - low).mul_(bins).floor_()
+    scaled.clamp_(-1, bins).add_(1)
+    scaled[values == high] = bins  # the last bin is closed
+    scaled.nan_to_num_(nan=bins + 2)
+    return scaled.long()
 
 
 def _count(values: Tensor, low: float, high: float, bins: int) -> Tensor:
     """``[underflow, counts..., overflow, nan]`` (int64, on ``values.device``)."""
-    nan = torch.isnan(values).sum()
-    under = (values < low).sum()
-    over = (values > high).sum()
-    if values.device.type == "cpu":  # torch.histogram: one fused pass, edges as in _bucket
-        counts = sum(
-            torch.histogram(chunk, bins=bins, range=(low, high)).hist.long()
-            for chunk in values.split(_EXACT_FLOAT_COUNT)
-        )
-    else:
-        index = _bucket(values, low, high, bins)
-        counts = torch.bincount(index[(index >= 0) & (index < bins)], minlength=bins)
-    return torch.cat([under.reshape(1), counts, over.reshape(1), nan.reshape(1)])
+    return torch.bincount(_bucket(values, low, high, bins), minlength=bins + 3)
 
 
-def _edges(low: float, high: float, bins: int, dtype: torch.dtype) -> list[float]:
-    return torch.linspace(low, high, bins + 1, dtype=dtype).double().tolist()
+def _edges(low: float, high: float, bins: int) -> list[float]:
+    return [low + (high - low) * i / bins for i in range(bins)] + [high]
 
 
 def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> dict:
     """GradHist1d record (SPEC section 3): network-wide and per-parameter int64 counts."""
     names = list(sample.values)
-    rows, dtype = [], torch.float32
-    for name in names:
-        chunks = sample.values[name]
-        if chunks:
-            dtype = chunks[0].dtype
-        rows.append(sum(_count(values, low, high, bins).cpu() for values in chunks))
+    rows = [sum(_count(v, low, high, bins).cpu() for v in sample.values[name]) for name in names]
     table = [row.tolist() if isinstance(row, Tensor) else [0] * (bins + 3) for row in rows]
     layers = {}
     for name, row in zip(names, table):
@@ -130,7 +120,7 @@ def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> d
         }
     total = [sum(layer["counts"][i] for layer in layers.values()) for i in range(bins)]
     return {
-        "edges": _edges(low, high, bins, dtype),
+        "edges": _edges(low, high, bins),
         "counts": total,
         "underflow": sum(layer["underflow"] for layer in layers.values()),
         "overflow": sum(layer["overflow"] for layer in layers.values()),
@@ -148,34 +138,23 @@ def histogram_2d(
 ) -> dict:
     """GradHist2d record: ``counts[i][j]`` pairs with ``theta`` in bin i and ``g`` in bin j."""
     param_bins, grad_bins = bins
-    counts = torch.zeros(param_bins, grad_bins, dtype=torch.int64)
-    binned, dtype = 0, torch.float32
+    counts = torch.zeros((param_bins + 3) * (grad_bins + 3), dtype=torch.int64)
+    binned = 0
     for name, chunks in sample.values.items():
         for values, params in zip(chunks, sample.params[name]):
-            keep = ~torch.isnan(values)
-            values, params = values[keep], params[keep]
+            g_index = _bucket(values, *grad_range, grad_bins)
+            p_index = _bucket(params, *param_range, param_bins)
+            flat = p_index.mul_(grad_bins + 3).add_(g_index)
+            counts += torch.bincount(flat, minlength=counts.numel()).cpu()
             binned += values.numel()
-            dtype = values.dtype
-            if values.device.type == "cpu":
-                for pairs in torch.stack([params, values], dim=1).split(_EXACT_FLOAT_COUNT):
-                    hist = torch.histogramdd(
-                        pairs, bins=[param_bins, grad_bins], range=[*param_range, *grad_range]
-                    ).hist
-                    counts += hist.long()
-            else:
-                gi = _bucket(values, *grad_range, grad_bins)
-                pi = _bucket(params, *param_range, param_bins)
-                inside = (gi >= 0) & (gi < grad_bins) & (pi >= 0) & (pi < param_bins)
-                flat = torch.bincount(
-                    pi[inside] * grad_bins + gi[inside], minlength=param_bins * grad_bins
-                )
-                counts += flat.reshape(param_bins, grad_bins).cpu()
-    inside_total = int(counts.sum())
+    table = counts.reshape(param_bins + 3, grad_bins + 3)
+    nan = int(table[:, grad_bins + 2].sum())
+    inside = table[1 : param_bins + 1, 1 : grad_bins + 1]
     return {
-        "param_edges": _edges(*param_range, param_bins, dtype),
-        "grad_edges": _edges(*grad_range, grad_bins, dtype),
-        "counts": counts.tolist(),
-        "outside": binned - inside_total,
-        "binned": binned,
+        "param_edges": _edges(*param_range, param_bins),
+        "grad_edges": _edges(*grad_range, grad_bins),
+        "counts": inside.tolist(),
+        "outside": binned - nan - int(inside.sum()),
+        "binned": binned - nan,
         "population": sum(sample.population.values()),
     }

@@ -82,6 +82,10 @@ class LayerRule:
         """Rows ``g_n[row]`` for the pairs ``(samples[k], rows[k])``; shape ``(k, row length)``."""
         raise NotImplementedError
 
+    def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
+        """Single elements ``g_n[d]`` of parameter ``index`` (``d`` flat coordinates); shape ``k``."""
+        raise NotImplementedError
+
 
 class SharedLinearRule(LayerRule):
     """``z_{n,:,t} = W u_{n,:,t} + b`` at positions ``t``: Linear (``T = 1``, or sequences) and
@@ -203,8 +207,28 @@ class SharedLinearRule(LayerRule):
         deltas = self.d[samples, rows, :]  # (k, T)
         if index == 1:
             return self.scale * deltas.sum(1, keepdim=True)
+        if self.positions == 1:
+            return (self.scale * deltas) * self.u[samples, :, 0]
         patches = self.u[samples]  # (k, p, T)
         return self.scale * torch.bmm(patches, deltas.unsqueeze(2)).squeeze(2)
+
+    def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
+        batch, p, positions = self.u.shape
+        o = self.d.shape[1]
+        if index == 1:
+            out_rows = samples * o + coords
+            return self.scale * self.d.reshape(batch * o, positions)[out_rows].sum(-1)
+        out_rows = samples * o + coords // p  # row of delta (n, o)
+        in_rows = samples * p + coords % p  # row of the patches (n, i)
+        if positions == 1:
+            deltas = self.d.reshape(-1).take(out_rows)
+            return (self.scale * deltas).mul_(self.u.reshape(-1).take(in_rows))
+        d_rows, u_rows = self.d.reshape(batch * o, positions), self.u.reshape(batch * p, positions)
+        chunk = max(1, BLOCK_ELEMENTS // (4 * positions))
+        return torch.cat([
+            self.scale * (d_rows[a] * u_rows[b]).sum(-1)
+            for a, b in zip(out_rows.split(chunk), in_rows.split(chunk))
+        ])
 
 
 class MaterializedRule(LayerRule):
@@ -239,6 +263,9 @@ class MaterializedRule(LayerRule):
 
     def rows(self, index: int, samples: Tensor, rows: Tensor) -> Tensor:
         return self.per_sample[index][samples, rows].unsqueeze(1)
+
+    def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
+        return self.per_sample[index][samples, coords]
 
 
 # --------------------------------------------------------------------------- rule factories

@@ -6,6 +6,8 @@ All sums run in float64.
 
 from __future__ import annotations
 
+import torch
+
 from ..engine.statistics import Request, Statistics
 from .base import Instrument, Unavailable, ratio, require, require_batch
 
@@ -34,13 +36,14 @@ class EarlyStopping(Instrument):
         require(stats, "sgs", "mean_grads")
         require_batch(stats)
         b = stats.batch_size
-        grad, sgs = stats.flat_mean_grad, stats.flat_sgs
-        var = (sgs - b * grad.square()) / (b - 1)
+        grad2 = stats.flat_mean_grad.square()
+        var = (stats.flat_sgs - b * grad2) / (b - 1)
         keep = var > 0
         count = int(keep.sum())
         if count == 0:
             raise Unavailable("no coordinate has positive gradient variance")
-        return float(1.0 - b / count * (grad[keep].square() / var[keep]).sum())
+        ratio = torch.where(keep, grad2 / var, 0.0)
+        return float(1.0 - b / count * ratio.sum())
 
 
 class MeanGSNR(Instrument):
@@ -53,9 +56,10 @@ class MeanGSNR(Instrument):
     def compute(self, stats: Statistics) -> float:
         require(stats, "sgs", "mean_grads")
         require_batch(stats)
-        grad, sgs = stats.flat_mean_grad, stats.flat_sgs
-        noise = sgs / stats.batch_size - grad.square()
+        grad2 = stats.flat_mean_grad.square()
+        noise = stats.flat_sgs / stats.batch_size - grad2
         keep = noise > 0
-        if not bool(keep.any()):
+        count = int(keep.sum())
+        if count == 0:
             raise Unavailable("no coordinate has positive gradient variance")
-        return float((grad[keep].square() / noise[keep]).mean())
+        return float(torch.where(keep, grad2 / noise, 0.0).sum() / count)
