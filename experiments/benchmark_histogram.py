@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
 from cockpit_optim.instruments import GradHist1d
+from cockpit_optim.instruments.histograms import DEFAULT_MAX_ELEMENTS
 
 
 def histogram(problem, instrument: GradHist1d, seed: int) -> list[int]:
@@ -90,7 +91,7 @@ def main() -> None:
     warnings.simplefilter("ignore", ReadingWarning)
 
     rows = []
-    work = len(args.problems) * (1 + len(args.budgets) * (args.draws + 1) + 1)
+    work = len(args.problems) * (2 + (len(args.budgets) + 1) * (args.draws + 1))
     with tqdm(total=work, desc="histogram budget", file=None) as bar:
         for name in args.problems:
             problem = build_problem(name, seed=0)
@@ -100,18 +101,27 @@ def main() -> None:
             exact_ratio = step_ratio(problem, None, args.steps)
             bar.update()
             rows.append((name, "exact", record["population"], 0.0, 0.0, exact_ratio))
-            for power in args.budgets:
-                errors = []
+            budgets = [(f"2^{power}", 2**power) for power in args.budgets]
+            for label, budget in [*budgets, ("default", DEFAULT_MAX_ELEMENTS)]:
+                errors, binned = [], []
                 for draw in range(args.draws):
-                    counts, _ = histogram(
-                        problem, GradHist1d(range=fixed, max_elements=2**power), seed=draw
+                    counts, sampled = histogram(
+                        problem, GradHist1d(range=fixed, max_elements=budget), seed=draw
                     )
                     errors.append(l1(counts, reference))
+                    binned.append(sampled["binned"])
                     bar.update()
-                ratio = step_ratio(problem, 2**power, args.steps)
+                ratio = step_ratio(problem, budget, args.steps)
                 bar.update()
                 rows.append(
-                    (name, f"2^{power}", 2**power, statistics.mean(errors), max(errors), ratio)
+                    (
+                        name,
+                        label,
+                        round(statistics.mean(binned)),
+                        statistics.mean(errors),
+                        max(errors),
+                        ratio,
+                    )
                 )
 
     print("\n| problem | max_elements | binned | L1 mean | L1 worst | step / plain |")

@@ -11,6 +11,8 @@ multiplies the error several times: measured in ``experiments/benchmark_histogra
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,9 +38,11 @@ class ElementSample:
         self.params: dict[str, list[Tensor]] = {}
         self.population: dict[str, int] = {}
 
-    @property
-    def binned(self) -> int:
-        return sum(sum(v.numel() for v in chunks) for chunks in self.values.values())
+    def extend(self, other: ElementSample) -> None:
+        """Add the independent draws of ``other`` (same parameters)."""
+        for name, chunks in other.values.items():
+            self.values[name].extend(chunks)
+            self.params[name].extend(other.params[name])
 
 
 def draw_elements(
@@ -106,28 +110,41 @@ def _edges(low: float, high: float, bins: int) -> list[float]:
 def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> dict:
     """GradHist1d record (SPEC section 3): network-wide and per-parameter int64 counts."""
     names = list(sample.values)
-    rows = [sum(_count(v, low, high, bins).cpu() for v in sample.values[name]) for name in names]
-    table = [row.tolist() if isinstance(row, Tensor) else [0] * (bins + 3) for row in rows]
-    layers = {}
-    for name, row in zip(names, table):
-        binned = sum(v.numel() for v in sample.values[name])
-        layers[name] = {
+    table = torch.stack([
+        torch.stack([_count(v, low, high, bins) for v in sample.values[name]]).sum(0)
+        if sample.values[name]
+        else torch.zeros(bins + 3, dtype=torch.int64, device=_device(sample))
+        for name in names
+    ])
+    sizes = [sum(v.numel() for v in sample.values[name]) for name in names]
+    rows = table.cpu().tolist()
+    total = table.sum(0).cpu().tolist()
+    layers = {
+        name: {
             "counts": row[1 : bins + 1],
             "underflow": row[0],
             "overflow": row[bins + 1],
-            "binned": binned - row[bins + 2],
+            "binned": size - row[bins + 2],
             "population": sample.population[name],
         }
-    total = [sum(layer["counts"][i] for layer in layers.values()) for i in range(bins)]
+        for name, row, size in zip(names, rows, sizes)
+    }
     return {
         "edges": _edges(low, high, bins),
-        "counts": total,
-        "underflow": sum(layer["underflow"] for layer in layers.values()),
-        "overflow": sum(layer["overflow"] for layer in layers.values()),
-        "binned": sum(layer["binned"] for layer in layers.values()),
+        "counts": total[1 : bins + 1],
+        "underflow": total[0],
+        "overflow": total[bins + 1],
+        "binned": sum(sizes) - total[bins + 2],
         "population": sum(sample.population.values()),
         "layers": layers,
     }
+
+
+def _device(sample: ElementSample) -> torch.device:
+    for chunks in sample.values.values():
+        if chunks:
+            return chunks[0].device
+    return torch.device("cpu")
 
 
 def histogram_2d(
@@ -158,3 +175,33 @@ def histogram_2d(
         "binned": binned - nan,
         "population": sum(sample.population.values()),
     }
+
+
+def merge_1d(first: dict, second: dict) -> dict:
+    """Sum of two GradHist1d records over the same edges (two independent rounds of draws)."""
+    merged = dict(first)
+    merged["counts"] = [a + b for a, b in zip(first["counts"], second["counts"])]
+    for key in ("underflow", "overflow", "binned"):
+        merged[key] = first[key] + second[key]
+    merged["layers"] = {
+        name: {
+            "counts": [a + b for a, b in zip(layer["counts"], second["layers"][name]["counts"])],
+            **{
+                key: layer[key] + second["layers"][name][key]
+                for key in ("underflow", "overflow", "binned")
+            },
+            "population": layer["population"],
+        }
+        for name, layer in first["layers"].items()
+    }
+    return merged
+
+
+def expected_l1(record: dict) -> float:
+    """Expected L1 distance between a histogram of ``n`` independent draws and the exact one,
+    ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))``, with ``p`` estimated from the record itself."""
+    counts = [record["underflow"], *record["counts"], record["overflow"]]
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    return sum(math.sqrt(2 * (c / total) * (1 - c / total) / (math.pi * total)) for c in counts)

@@ -20,12 +20,15 @@ from .curvature import (
     lanczos_max_eigenvalue,
     replay_loss,
 )
-from .histograms import draw_elements, histogram_1d, histogram_2d
+from .histograms import draw_elements, expected_l1, histogram_1d, histogram_2d, merge_1d
 from .layers import LayerRule
 from .losses import individual_losses
 
 # Default gradient range of the histograms: +- this many RMS values of all elements g_{n,d}.
 ADAPTIVE_RANGE_RMS = 6.0
+# Subsampled histograms: first-round size and the expected L1 error a second round aims for.
+FIRST_ROUND = 2**18
+TARGET_L1 = 0.007
 
 
 @dataclass(frozen=True)
@@ -285,22 +288,39 @@ class StatisticsEngine:
             self._histograms(request, stats, rules)
 
     def _histograms(self, request: Request, stats: Statistics, rules) -> None:
+        """Bin one shared sample of elements for GradHist1d and GradHist2d.
+
+        Above the budget, a first round of ``FIRST_ROUND`` draws is binned; if the histogram's
+        expected L1 sampling error, ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))``, exceeds
+        ``TARGET_L1``, a second round brings it there (never past ``max_elements``).
+        """
         specs = [s for s in (request.hist1d, request.hist2d) if s is not None]
         budgets = [s.max_elements for s in specs]
         budget = None if None in budgets else max(budgets)
-        sample = draw_elements(rules, budget, self.generator, request.hist2d is not None)
+        with_params = request.hist2d is not None
+        first = budget if budget is None else min(budget, FIRST_ROUND)
+        sample = draw_elements(rules, first, self.generator, with_params)
         population = sum(sample.population.values())
         rms = math.sqrt(float(stats.sq_norms.sum()) / population) if population else 0.0
 
-        def grad_range(spec: HistogramRequest) -> tuple[float, float]:
-            if spec.range is not None:
+        def grad_range(spec: HistogramRequest | None) -> tuple[float, float]:
+            if spec is not None and spec.range is not None:
                 return float(spec.range[0]), float(spec.range[1])
             half = ADAPTIVE_RANGE_RMS * rms if rms > 0 and math.isfinite(rms) else 1.0
             return -half, half
 
+        spec1 = request.hist1d or HistogramRequest(100, None, budget)
+        hist1 = histogram_1d(sample, *grad_range(spec1), int(spec1.bins))
+        binned = hist1["binned"]
+        if budget is not None and binned < population and budget > binned:
+            error = expected_l1(hist1)
+            if error > TARGET_L1:
+                extra = min(budget - binned, math.ceil(binned * ((error / TARGET_L1) ** 2 - 1)))
+                more = draw_elements(rules, extra, self.generator, with_params)
+                hist1 = merge_1d(hist1, histogram_1d(more, *grad_range(spec1), int(spec1.bins)))
+                sample.extend(more)
         if request.hist1d is not None:
-            spec = request.hist1d
-            stats.hist1d = histogram_1d(sample, *grad_range(spec), int(spec.bins))
+            stats.hist1d = hist1
         if request.hist2d is not None:
             spec = request.hist2d
             values = torch.cat([p.detach().reshape(-1) for p in self.params])
