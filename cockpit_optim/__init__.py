@@ -7,17 +7,22 @@ from . import instruments, schedules
 from .errors import CockpitError, ReadingWarning, UnsupportedLossError, UnsupportedModelError
 from .log import load_log
 from .optimizer import MonitoredOptimizer
+from .plotting import LivePlot, animate, plot, plot_layerwise
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CockpitError",
+    "LivePlot",
     "MonitoredOptimizer",
     "ReadingWarning",
     "UnsupportedLossError",
     "UnsupportedModelError",
     "__version__",
+    "animate",
     "instruments",
     "load_log",
+    "plot",
+    "plot_layerwise",
     "schedules",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -15,13 +14,15 @@ __all__ = ["LOG_NAME", "LogWriter", "load_log"]
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON types; non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
+    """Plain JSON types: numpy/torch scalars and arrays become Python numbers and lists.
+    Non-finite floats are written as the tokens ``NaN``, ``Infinity``, ``-Infinity`` (read back by
+    Python's ``json`` and by :func:`load_log`)."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy / torch values
+        return _jsonable(value.tolist())
     return value
 
 
@@ -33,7 +34,7 @@ class LogWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(_jsonable(record), allow_nan=False)
+        line = json.dumps(_jsonable(record))
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
@@ -47,20 +48,10 @@ class LogWriter:
         tmp = self.path.with_suffix(".jsonl.tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             for record in kept:
-                handle.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
+                handle.write(json.dumps(_jsonable(record)) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
-
-
-def _restore_floats(value: Any) -> Any:
-    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _restore_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_restore_floats(v) for v in value]
-    return value
 
 
 def load_log(path: str | os.PathLike) -> list[dict]:
@@ -80,7 +71,7 @@ def load_log(path: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(_restore_floats(json.loads(line)))
+            records.append(json.loads(line))
         except json.JSONDecodeError as error:
             if number == len(lines):
                 warnings.warn(f"{path}: skipped a truncated last line", stacklevel=2)

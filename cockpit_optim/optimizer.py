@@ -42,6 +42,8 @@ class MonitoredOptimizer(Optimizer):
         log_dir: folder for ``cockpit.jsonl``; ``None`` keeps records in memory only.
         controllers: objects with ``observe(record, optimizer) -> list[dict]`` acting on readings.
         seed: seed of the private generator (subsampling, random start vectors).
+        plot_every: redraw ``log_dir/cockpit.png`` every this many records, in the background;
+            call :meth:`close` at the end of training for the final picture.
 
     Passive use (no controllers) leaves the parameter trajectory and the global RNG exactly as
     with the bare optimizer.  ``readings`` is the newest complete record, ``history`` all of them.
@@ -58,6 +60,7 @@ class MonitoredOptimizer(Optimizer):
         controllers: Sequence[Any] = (),
         *,
         seed: int = 0,
+        plot_every: int | None = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
@@ -89,6 +92,13 @@ class MonitoredOptimizer(Optimizer):
             **self._eigen_options(),
         )
         self._writer = LogWriter(log_dir) if log_dir is not None else None
+        self._live_plot = None
+        if plot_every is not None:
+            if log_dir is None:
+                raise ValueError("plot_every needs a log_dir to draw cockpit.png into")
+            from .plotting import LivePlot
+
+            self._live_plot = LivePlot(log_dir, every=plot_every)
         self.history: list[dict] = []
         self.should_stop = False
         self.stop_reason: str | None = None
@@ -124,6 +134,12 @@ class MonitoredOptimizer(Optimizer):
         return (
             f"MonitoredOptimizer({self.optimizer!r}, instruments=[{names}], track={self.schedule})"
         )
+
+    def close(self) -> None:
+        """End of training: draw the final live plot (if any) and detach from the model."""
+        if self._live_plot is not None:
+            self._live_plot.close(self.history)
+        self.remove_hooks()
 
     def remove_hooks(self) -> None:
         """Detach from the model and loss (e.g. before wrapping the same model again)."""
@@ -320,6 +336,8 @@ class MonitoredOptimizer(Optimizer):
         self.history.append(record)
         if self._writer is not None:
             self._writer.write(record)
+        if self._live_plot is not None:
+            self._live_plot.update(self.history)
 
     # ---------------------------------------------------------------- state dicts
     def state_dict(self) -> dict:

@@ -342,3 +342,30 @@ def test_default_histogram_budget_is_within_one_percent_of_exact():
         return c / c.sum()
 
     assert float((normalized(exact) - normalized(sampled)).abs().sum()) < 0.01
+
+
+def test_log_keeps_strings_and_converts_array_scalars(tmp_path):
+    import numpy as np
+
+    from cockpit_optim.log import LogWriter
+
+    writer = LogWriter(tmp_path)
+    writer.write({"step": 0, "why": "nan", "x": np.float32(1.5), "n": np.int64(3),
+                  "t": torch.tensor(2.0), "bad": float("-inf")})
+    (record,) = load_log(tmp_path)
+    assert record["why"] == "nan" and record["x"] == 1.5 and record["n"] == 3
+    assert record["t"] == 2.0 and record["bad"] == float("-inf")
+
+
+def test_plot_every_draws_the_live_cockpit(tmp_path):
+    model, loss_fn, batch = make_problem("mlp")
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             log_dir=tmp_path, plot_every=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        step_with(opt, model, loss_fn, *batch(gen, 5))
+    opt.close()
+    assert (tmp_path / "cockpit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="log_dir"):
+        MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                           plot_every=2)

@@ -380,13 +380,13 @@ def test_failing_live_plot_warns_once_and_never_raises(runs, tmp_path):
 
 
 def test_log_record_roundtrip_keeps_plot_inputs(tmp_path):
-    """Records written through the log (nan as strings) plot like the in-memory ones."""
+    """Records written through the log (nan as the JSON token NaN) plot like the in-memory ones."""
     records = synthetic([0.1, math.nan, 0.3])
     writer = LogWriter(tmp_path)
     for record in records:
         writer.write(record)
     line = (tmp_path / "cockpit.jsonl").read_text().splitlines()[1]
-    assert json.loads(line)["Alpha"] == "nan"
+    assert '"Alpha": NaN' in line and math.isnan(json.loads(line)["Alpha"])
     legend = by_label(plot(tmp_path))["Alpha"].get_legend().get_texts()
     assert legend[0].get_text() == "all 2 · mean 0.20"
 
