@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def flat_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -44,7 +45,8 @@ def dense_hessian(model, loss_fn, params, x, y) -> torch.Tensor:
         pieces = dict(zip(names, [c.reshape(s) for c, s in zip(vector.split(sizes), shapes)]))
         return loss_fn(functional_call(model, pieces, (x,)), y)
 
-    return torch.autograd.functional.hessian(loss_of, flat).double()
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels are not twice differentiable
+        return torch.autograd.functional.hessian(loss_of, flat).double()
 
 
 def first_order(losses, grads, lr):

@@ -260,22 +260,21 @@ def test_bad_inputs_name_the_fix():
     assert math.isfinite(opt.history[-1]["NormTest"])
 
 
-def test_unsupported_module_names_module_and_keeps_other_readings():
-    class Scale(nn.Module):
+def test_module_without_individual_gradients_is_named_and_other_readings_go_on():
+    class NoisyGain(nn.Module):  # random operations inside: no per-sample replay possible
         def __init__(self):
             super().__init__()
             self.gain = nn.Parameter(torch.ones(4))
 
         def forward(self, x):
-            return x * self.gain
+            return nn.functional.dropout(x * self.gain, 0.5, training=True)
 
-    model = nn.Sequential(nn.Linear(3, 4), Scale(), nn.Linear(4, 2))
+    model = nn.Sequential(nn.Linear(3, 4), NoisyGain(), nn.Linear(4, 2))
     loss_fn = nn.CrossEntropyLoss()
-    opt = MonitoredOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, instruments="full"
-    )
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             instruments="full")
     x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
-    with pytest.warns(ReadingWarning, match="Scale"):
+    with pytest.warns(ReadingWarning, match="NoisyGain"):
         step_with(opt, model, loss_fn, x, y)
         step_with(opt, model, loss_fn, x, y)
     record = opt.history[0]

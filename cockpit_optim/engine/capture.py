@@ -17,18 +17,33 @@ from .layers import rule_factory
 
 @dataclass
 class LayerSlot:
-    """One module with parameters, and what was captured from it at the current step."""
+    """One module with parameters, and what was captured from it at the current step.
+
+    Modules with a rule (``factory``) record their first input and output gradient; any other
+    module records all its call arguments and the gradients of all its tensor outputs, for the
+    generic ``torch.func`` rule.
+    """
 
     name: str
     module: nn.Module
     param_names: list[str]
+    local_names: list[str]
     factory: Any
     inputs: Tensor | None = None
     grad_out: Tensor | None = None
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    grads: dict[int, Tensor] = field(default_factory=dict)
     calls: int = 0
+
+    @property
+    def label(self) -> str:
+        """The module's name for messages (its class name for the root module)."""
+        return self.name or type(self.module).__name__
 
     def clear(self) -> None:
         self.inputs = self.grad_out = None
+        self.args, self.kwargs, self.grads = (), {}, {}
         self.calls = 0
 
 
@@ -49,7 +64,6 @@ class Capture:
         self.armed = False
         self._suspended = 0
         self.slots: list[LayerSlot] = []
-        self.unsupported: list[tuple[str, str, list[str]]] = []
         self.model_input: ModelInput | None = None
         self.model_output_node: Any = None
         self.loss_inputs: list[tuple[Tensor, Tensor, Any]] = []
@@ -65,15 +79,12 @@ class Capture:
             if not direct:
                 continue
             names = [monitored[id(p)] for _, p in direct]
-            factory = rule_factory(module)
-            if factory is None:
-                self.unsupported.append(
-                    (module_name or type(module).__name__, type(module).__name__, names)
-                )
-                continue
-            slot = LayerSlot(module_name, module, names, factory)
+            slot = LayerSlot(module_name, module, names,
+                             [n for n, _ in direct], rule_factory(module))
             self.slots.append(slot)
-            self._handles.append(module.register_forward_hook(self._layer_hook(slot)))
+            self._handles.append(
+                module.register_forward_hook(self._layer_hook(slot), with_kwargs=True)
+            )
 
     @property
     def recording(self) -> bool:
@@ -124,18 +135,45 @@ class Capture:
         return calls[0][:2] if len(calls) == 1 else None
 
     def _layer_hook(self, slot: LayerSlot):
-        def hook(module, args, output):
-            if not self.recording or not isinstance(output, Tensor) or not output.requires_grad:
+        def hook(module, args, kwargs, output):
+            if not self.recording:
+                return
+            outputs = [t for t in _tensors(output) if t.requires_grad]
+            if not outputs:
                 return
             slot.calls += 1
-            slot.inputs = args[0].detach()
-
-            def on_grad(grad: Tensor) -> None:
-                slot.grad_out = grad.detach()
-
-            output.register_hook(on_grad)
+            if slot.factory is not None:
+                if not isinstance(output, Tensor):
+                    slot.factory = None  # unexpected output structure: use the generic rule
+                else:
+                    slot.inputs = args[0].detach() if args else None
+                    output.register_hook(lambda grad: setattr(slot, "grad_out", grad.detach()))
+                    return
+            slot.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+            slot.kwargs = {
+                k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()
+            }
+            for index, tensor in enumerate(_tensors(output)):
+                if tensor.requires_grad:
+                    tensor.register_hook(_store(slot.grads, index))
 
         return hook
+
+
+def _tensors(output: Any) -> list[Tensor]:
+    """The tensors of a module output (a tensor, or a tuple/list of them and other values)."""
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, tuple | list):
+        return [t for t in output if isinstance(t, Tensor)]
+    return []
+
+
+def _store(grads: dict[int, Tensor], index: int):
+    def on_grad(grad: Tensor) -> None:
+        grads[index] = grad.detach()
+
+    return on_grad
 
 
 def _reaches(node: Any, target: Any, limit: int = 256) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .capture import ModelInput
 
@@ -40,9 +41,9 @@ def replay_loss(
     model: nn.Module, loss_fn: nn.Module, model_input: ModelInput, target: Tensor
 ) -> Tensor:
     """The mini-batch loss recomputed from the recorded inputs (with a fresh graph)."""
-    with replay_rng(model_input), torch.enable_grad():
-        output = model(*model_input.args, **model_input.kwargs)
-        return loss_fn(output, target)
+    with replay_rng(model_input), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+        output = model(*model_input.args, **model_input.kwargs)  # math attention: twice
+        return loss_fn(output, target)  # differentiable, unlike the fused CPU kernels
 
 
 class HessianVectorProduct:

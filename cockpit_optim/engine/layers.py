@@ -86,6 +86,10 @@ class LayerRule:
         """Single elements ``g_n[d]`` of parameter ``index`` (``d`` flat coordinates); shape ``k``."""
         raise NotImplementedError
 
+    def materialize(self) -> list[Tensor]:
+        """All individual gradients, ``(B, numel)`` per parameter (used for tied weights)."""
+        raise NotImplementedError
+
 
 class SharedLinearRule(LayerRule):
     """``z_{n,:,t} = W u_{n,:,t} + b`` at positions ``t``: Linear (``T = 1``, or sequences) and
@@ -212,6 +216,13 @@ class SharedLinearRule(LayerRule):
         patches = self.u[samples]  # (k, p, T)
         return self.scale * torch.bmm(patches, deltas.unsqueeze(2)).squeeze(2)
 
+    def materialize(self) -> list[Tensor]:
+        weight = self.scale * torch.bmm(self.d, self.u.transpose(1, 2))
+        out = [weight.reshape(weight.shape[0], -1)]
+        if self.bias is not None:
+            out.append(self._bias_samples())
+        return out
+
     def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
         batch, p, positions = self.u.shape
         o = self.d.shape[1]
@@ -266,6 +277,9 @@ class MaterializedRule(LayerRule):
 
     def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
         return self.per_sample[index][samples, coords]
+
+    def materialize(self) -> list[Tensor]:
+        return list(self.per_sample)
 
 
 # --------------------------------------------------------------------------- rule factories

@@ -1,0 +1,462 @@
+"""Structured configs of the Hydra experiments (``conf/``): one dataclass per group option.
+
+The YAML files in ``conf/`` extend these schemas, so a misspelt key, a wrong type or an enum
+value outside its choices fails when Hydra composes the config.  :func:`register_configs` stores
+the schemas in Hydra's ``ConfigStore`` (group ``schema/<group>``); importing this module registers
+nothing.  :func:`validate` checks what a schema cannot (names, instrument lists, value ranges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ..instruments import CONFIGURATIONS, REGISTRY
+
+__all__ = [
+    "Activation",
+    "CockpitConfig",
+    "ConfigError",
+    "ControllerConfig",
+    "DataConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "Scaling",
+    "TrackConfig",
+    "TrackSchedule",
+    "TrainConfig",
+    "TrainerConfig",
+    "instrument_names",
+    "register_configs",
+    "validate",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value that no schema can reject (unknown name, inconsistent settings)."""
+
+
+class Activation(str, Enum):
+    """Non-linearity of the models that have one."""
+
+    relu = "relu"
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    gelu = "gelu"
+
+
+class Scaling(str, Enum):
+    """Input scaling of image data: raw pixel values, ``[0, 1]``, or zero mean and unit variance
+    per channel (statistics of the training split)."""
+
+    raw = "raw"
+    unit = "unit"
+    standard = "standard"
+
+
+class TrackSchedule(str, Enum):
+    """Tracking schedule of the cockpit (see :mod:`cockpit_optim.schedules`)."""
+
+    interval = "interval"
+    logarithmic = "logarithmic"
+
+
+class GradientTest(str, Enum):
+    """Test of :class:`~cockpit_optim.controllers.GradientTestBatchSize`."""
+
+    norm = "norm"
+    augmented = "augmented"
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass
+class DataConfig:
+    """Common fields of every data set."""
+
+    name: str = MISSING
+    batch_size: int = 64
+    eval_batch_size: int = 1024
+    train_subset: int | None = None  # use only the first N training examples
+
+
+@dataclass
+class DigitsConfig(DataConfig):
+    """scikit-learn's bundled 8x8 digits (1797 images, pixel values 0..16)."""
+
+    name: str = "digits"
+    scaling: Scaling = Scaling.unit
+    test_fraction: float = 0.2
+    seed: int = 0  # of the train/test split
+
+
+@dataclass
+class NoisyQuadraticConfig(DataConfig):
+    """Least squares ``(w.x - y)^2`` with a DeepOBS-like Hessian spectrum and label noise."""
+
+    name: str = "noisy_quadratic"
+    dim: int = 100
+    train_size: int = 2000
+    test_size: int = 1000
+    noise: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class SyntheticConfig(DataConfig):
+    """Gaussian-cluster classification (``sklearn.datasets.make_classification``)."""
+
+    name: str = "synthetic"
+    features: int = 20
+    informative: int = 10
+    classes: int = 4
+    class_sep: float = 1.0
+    train_size: int = 2000
+    test_size: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class SequenceConfig(DataConfig):
+    """Token sequences labelled by their most frequent token (for the transformer)."""
+
+    name: str = "sequence"
+    vocab_size: int = 8
+    length: int = 16
+    train_size: int = 4000
+    test_size: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class TorchvisionConfig(DataConfig):
+    """MNIST, Fashion-MNIST, CIFAR-10/100 read by torchvision from ``data_dir`` (never downloaded)."""
+
+    data_dir: str = "data"
+    scaling: Scaling = Scaling.unit
+    batch_size: int = 128
+
+
+# ---------------------------------------------------------------------------------- models
+@dataclass
+class ModelConfig:
+    """Common field of every model."""
+
+    name: str = MISSING
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256])
+    activation: Activation = Activation.relu
+
+
+@dataclass
+class LogRegConfig(ModelConfig):
+    """A linear model: logistic regression (classification) or least squares (regression)."""
+
+    name: str = "logreg"
+
+
+@dataclass
+class C3D3Config(ModelConfig):
+    """DeepOBS 3C3D: three convolutions and three dense layers (895,210 parameters on CIFAR-10)."""
+
+    name: str = "3c3d"
+    activation: Activation = Activation.relu
+
+
+@dataclass
+class DigitsCNNConfig(ModelConfig):
+    """Two 3x3 convolutions with 2x2 max-pooling and one hidden dense layer (sized for 8x8)."""
+
+    name: str = "digits_cnn"
+    channels: list[int] = field(default_factory=lambda: [8, 16])
+    hidden: int = 32
+    activation: Activation = Activation.relu
+
+
+@dataclass
+class AllCNNCConfig(ModelConfig):
+    """All-CNN-C (Springenberg et al. 2015; 1,387,108 parameters on CIFAR-100)."""
+
+    name: str = "allcnnc"
+    activation: Activation = Activation.relu
+    dropout: bool = False  # DeepOBS: 0.2 on the input, 0.5 after each stride-2 block
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """Pre-norm transformer encoder classifier: token + learned position embedding, mean pool."""
+
+    name: str = "transformer"
+    dim: int = 32
+    heads: int = 4
+    layers: int = 2
+    feedforward: int = 64
+    dropout: float = 0.0
+
+
+# ------------------------------------------------------------------------------ optimizers
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = 0.1
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+
+
+@dataclass
+class MomentumConfig(OptimizerConfig):
+    name: str = "momentum"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: str = "adamw"
+    weight_decay: float = 0.01
+
+
+# --------------------------------------------------------------------------------- cockpit
+@dataclass
+class TrackConfig:
+    schedule: TrackSchedule = TrackSchedule.logarithmic
+    interval: int = 1  # schedule=interval: every interval-th step
+    points: int = 200  # schedule=logarithmic: about this many steps, log-spaced over the run
+
+
+@dataclass
+class CockpitConfig:
+    """Instruments: configuration names (economy, business, full) and/or instrument names."""
+
+    name: str = MISSING
+    instruments: list[str] = field(default_factory=list)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    plot_every: int | None = None  # redraw cockpit.png every N records while training
+    layerwise: bool = True  # also draw cockpit_layerwise.png at the end
+
+
+# ----------------------------------------------------------------------------- controllers
+@dataclass
+class ControllerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NoControllerConfig(ControllerConfig):
+    name: str = "none"
+
+
+@dataclass
+class CABSConfig(ControllerConfig):
+    name: str = "cabs"
+    factor: float = 1.0
+    smoothing: float = 0.95
+    min_batch_size: int = 16
+    max_batch_size: int = 2048  # capped at the training set size
+    loss_floor: float = 0.0
+
+
+@dataclass
+class GradientTestConfig(ControllerConfig):
+    name: str = "gradient_test"
+    test: GradientTest = GradientTest.norm
+    theta: float = 0.9
+    nu: float | None = None  # None: tan(80 deg)
+    max_batch_size: int | None = None  # None: the training set size
+    average_over: int = 1
+
+
+@dataclass
+class AlphaLRConfig(ControllerConfig):
+    name: str = "alpha_lr"
+    target: float = 0.15
+    window: int = 20
+    dead_band: float = 0.05
+    max_change: list[float] = field(default_factory=lambda: [0.5, 1.15])
+    bounds: list[float] = field(default_factory=lambda: [0.01, 10.0])
+    warmup: int = 20
+    blowup: float = 10.0
+    loss_smoothing: float = 0.9
+
+
+@dataclass
+class EarlyStoppingConfig(ControllerConfig):
+    name: str = "early_stopping"
+    window: int = 10
+    patience: int = 10
+    min_steps: int = 0
+
+
+# --------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainerConfig:
+    """Training length (exactly one of ``steps`` / ``epochs``), evaluation and checkpoints."""
+
+    steps: int | None = 1000
+    epochs: int | None = None
+    eval_every: int = 100  # evaluate at the first record at or after every eval_every steps
+    eval_samples: int | None = None  # evaluate on at most N examples of each split
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    threads: int | None = None  # torch.set_num_threads
+    checkpoint_every: int | None = 500  # steps; None: only at the end
+    resume: bool = False  # continue from checkpoint.pt in the run folder
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The root config of ``experiments/train.py``."""
+
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    cockpit: CockpitConfig = MISSING
+    controller: ControllerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {
+        "digits": DigitsConfig,
+        "noisy_quadratic": NoisyQuadraticConfig,
+        "synthetic": SyntheticConfig,
+        "sequence": SequenceConfig,
+        "torchvision": TorchvisionConfig,
+    },
+    "model": {
+        "mlp": MLPConfig,
+        "logreg": LogRegConfig,
+        "3c3d": C3D3Config,
+        "digits_cnn": DigitsCNNConfig,
+        "allcnnc": AllCNNCConfig,
+        "transformer": TransformerConfig,
+    },
+    "optimizer": {
+        "sgd": SGDConfig,
+        "momentum": MomentumConfig,
+        "adam": AdamConfig,
+        "adamw": AdamWConfig,
+    },
+    "cockpit": {"cockpit": CockpitConfig},
+    "controller": {
+        "none": NoControllerConfig,
+        "cabs": CABSConfig,
+        "gradient_test": GradientTestConfig,
+        "alpha_lr": AlphaLRConfig,
+        "early_stopping": EarlyStoppingConfig,
+    },
+    "trainer": {"trainer": TrainerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the root schema (``train_schema``) and every group schema (``schema/<group>/<name>``)
+    in Hydra's ConfigStore; the YAML files of ``conf/`` name them in their defaults lists."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+# ------------------------------------------------------------------------------ validation
+def _choices(names) -> str:
+    return ", ".join(sorted(names))
+
+
+def instrument_names(entries: list[str]) -> list[str]:
+    """Expand configuration names (economy, business, full) among instrument names, keeping the
+    order and dropping repeats; unknown names raise :class:`ConfigError` listing the valid ones."""
+    names: list[str] = []
+    for entry in entries:
+        if entry in CONFIGURATIONS:
+            expanded = list(CONFIGURATIONS[entry])
+        elif entry in REGISTRY:
+            expanded = [entry]
+        else:
+            raise ConfigError(
+                f"unknown instrument {entry!r} in cockpit.instruments; valid configurations: "
+                f"{_choices(CONFIGURATIONS)}; valid instruments: {_choices(REGISTRY)}"
+            )
+        names += [name for name in expanded if name not in names]
+    return names
+
+
+def _check_name(cfg: Any, group: str, names) -> None:
+    if cfg[group].name not in names:
+        raise ConfigError(
+            f"unknown {group} {cfg[group].name!r} ({group}.name); valid choices: {_choices(names)}"
+        )
+
+
+def _positive(value: Any, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value}")
+
+
+def validate(cfg: DictConfig | TrainConfig) -> None:
+    """Check the names, the instrument list and the trainer settings of a composed config;
+    raises :class:`ConfigError` with the valid choices."""
+    from .data import DATASETS
+    from .models import MODELS
+    from .trainer import CONTROLLERS, OPTIMIZERS
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    _check_name(cfg, "data", DATASETS)
+    _check_name(cfg, "model", MODELS)
+    _check_name(cfg, "optimizer", OPTIMIZERS)
+    _check_name(cfg, "controller", CONTROLLERS)
+    instrument_names(list(cfg.cockpit.instruments))
+    trainer = cfg.trainer
+    if (trainer.steps is None) == (trainer.epochs is None):
+        raise ConfigError(
+            "set exactly one of trainer.steps and trainer.epochs "
+            f"(got steps={trainer.steps}, epochs={trainer.epochs}); e.g. trainer.epochs=5 "
+            "trainer.steps=null"
+        )
+    _positive(trainer.steps, "trainer.steps", allow_none=True)
+    _positive(trainer.epochs, "trainer.epochs", allow_none=True)
+    _positive(trainer.eval_every, "trainer.eval_every")
+    _positive(trainer.eval_samples, "trainer.eval_samples", allow_none=True)
+    _positive(trainer.checkpoint_every, "trainer.checkpoint_every", allow_none=True)
+    _positive(trainer.threads, "trainer.threads", allow_none=True)
+    _positive(cfg.data.batch_size, "data.batch_size")
+    _positive(cfg.data.eval_batch_size, "data.eval_batch_size")
+    _positive(cfg.data.train_subset, "data.train_subset", allow_none=True)
+    _positive(cfg.cockpit.track.interval, "cockpit.track.interval")
+    _positive(cfg.cockpit.track.points, "cockpit.track.points")
+    _positive(cfg.cockpit.plot_every, "cockpit.plot_every", allow_none=True)
+    if trainer.device != "auto":
+        try:
+            torch.device(trainer.device)
+        except RuntimeError as error:
+            raise ConfigError(
+                f"trainer.device={trainer.device!r} is not a device; use auto, cpu, cuda, "
+                "cuda:N or mps"
+            ) from error
