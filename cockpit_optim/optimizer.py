@@ -89,7 +89,7 @@ class MonitoredOptimizer(Optimizer):
             self._generator,
             curvature=self._curvature_method(),
             diagonal=self._request.diagonal,
-            **self._eigen_options(),
+            **self._curvature_options(),
         )
         self._writer = LogWriter(log_dir) if log_dir is not None else None
         self._live_plot = None
@@ -182,11 +182,16 @@ class MonitoredOptimizer(Optimizer):
             raise ValueError(f"curvature instruments disagree on the method: {sorted(methods)}")
         return methods.pop() if methods else "exact"
 
-    def _eigen_options(self) -> dict:
+    def _curvature_options(self) -> dict:
+        options = {}
         for instrument in self.instruments:
             if instrument.name == "HessMaxEV":
-                return {"eigen_rtol": instrument.rtol, "eigen_max_iter": instrument.max_iter}
-        return {}
+                options.update(eigen_rtol=instrument.rtol, eigen_max_iter=instrument.max_iter)
+            if hasattr(instrument, "probes"):
+                options["hutchinson_probes"] = max(
+                    instrument.probes, options.get("hutchinson_probes", 0)
+                )
+        return options
 
     def _records_at(self, step: int) -> bool:
         return bool(self.schedule(step)) and self._request.captures

@@ -45,7 +45,9 @@ def dense_hessian(model, loss_fn, params, x, y) -> torch.Tensor:
         pieces = dict(zip(names, [c.reshape(s) for c, s in zip(vector.split(sizes), shapes)]))
         return loss_fn(functional_call(model, pieces, (x,)), y)
 
-    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels are not twice differentiable
+    with sdpa_kernel(
+        SDPBackend.MATH
+    ):  # the fused CPU attention kernels are not twice differentiable
         return torch.autograd.functional.hessian(loss_of, flat).double()
 
 

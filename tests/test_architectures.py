@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import reference as ref
 import torch
 from torch import nn
 
-from cockpit_optim import MonitoredOptimizer
+from cockpit_optim import MonitoredOptimizer, ReadingWarning
+from cockpit_optim.instruments import HessTrace
 
-FIRST_ORDER = ["Loss", "GradNorm", "NormTest", "InnerTest", "OrthoTest", "CABS",
-               "EarlyStopping", "MeanGSNR", "GradHist1d", "Alpha", "UpdateSize", "HessMaxEV"]
+FIRST_ORDER = [
+    "Loss",
+    "GradNorm",
+    "NormTest",
+    "InnerTest",
+    "OrthoTest",
+    "CABS",
+    "EarlyStopping",
+    "MeanGSNR",
+    "GradHist1d",
+    "Alpha",
+    "UpdateSize",
+    "HessMaxEV",
+]
 
 
 class TinyTransformer(nn.Module):
@@ -51,8 +65,9 @@ class GatedBlock(nn.Module):
 
 
 def _check(model, loss_fn, batches, instruments=FIRST_ORDER):
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), model, loss_fn,
-                             instruments=instruments)
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), model, loss_fn, instruments=instruments
+    )
     trace = []
     for x, y in batches:
         trace.append((ref.flat_params(model), x, y))
@@ -78,15 +93,22 @@ def _check(model, loss_fn, batches, instruments=FIRST_ORDER):
         direction = theta1 - theta
         s = float(direction.norm())
         losses1, grads1 = ref.individual(model, loss_fn, trace[t + 1][0], *trace[t + 1][1:])
-        alpha = ref.alpha(s, losses.numpy(), (grads @ direction / s).numpy(),
-                          losses1.numpy(), (grads1 @ direction / s).numpy())
+        alpha = ref.alpha(
+            s,
+            losses.numpy(),
+            (grads @ direction / s).numpy(),
+            losses1.numpy(),
+            (grads1 @ direction / s).numpy(),
+        )
         assert math.isclose(record["Alpha"], alpha, rel_tol=1e-5, abs_tol=1e-9)
     return opt
 
 
 def _tokens(gen, batch, vocab=7, length=5, classes=3):
-    return (torch.randint(0, vocab, (batch, length), generator=gen),
-            torch.randint(0, classes, (batch,), generator=gen))
+    return (
+        torch.randint(0, vocab, (batch, length), generator=gen),
+        torch.randint(0, classes, (batch,), generator=gen),
+    )
 
 
 def test_transformer_encoder_classifier_is_exact():
@@ -110,13 +132,21 @@ def test_tied_embedding_and_output_weights_count_once_with_summed_gradients():
 def test_custom_modules_groupnorm_layernorm_inplace_relu_are_exact():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.LayerNorm(6), nn.GELU(), GatedBlock(),
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+        nn.LayerNorm(6),
+        nn.GELU(),
+        GatedBlock(),
         nn.Linear(6, 3),
     )
     gen = torch.Generator().manual_seed(3)
-    batches = [(torch.randn(5, 2, 4, 4, generator=gen), torch.randint(0, 3, (5,), generator=gen))
-               for _ in range(3)]
+    batches = [
+        (torch.randn(5, 2, 4, 4, generator=gen), torch.randint(0, 3, (5,), generator=gen))
+        for _ in range(3)
+    ]
     _check(model, nn.CrossEntropyLoss(), batches)
 
 
@@ -128,8 +158,9 @@ def test_eval_mode_batchnorm_is_exact_and_mse_regression():
         model[1].running_var.uniform_(0.5, 2.0)
     model.eval()
     gen = torch.Generator().manual_seed(4)
-    batches = [(torch.randn(6, 4, generator=gen), torch.randn(6, 2, generator=gen))
-               for _ in range(3)]
+    batches = [
+        (torch.randn(6, 4, generator=gen), torch.randn(6, 2, generator=gen)) for _ in range(3)
+    ]
     _check(model, nn.MSELoss(), batches)
 
 
@@ -146,12 +177,18 @@ def test_sequence_first_attention():
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(5)
-    batches = [(torch.randn(3, 5, 4, generator=gen), torch.randint(0, 2, (5,), generator=gen))
-               for _ in range(2)]
+    batches = [
+        (torch.randn(3, 5, 4, generator=gen), torch.randint(0, 2, (5,), generator=gen))
+        for _ in range(2)
+    ]
     model = SeqFirst()
     state0 = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), model,
-                             nn.CrossEntropyLoss(), instruments=["NormTest", "Loss"])
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        model,
+        nn.CrossEntropyLoss(),
+        instruments=["NormTest", "Loss"],
+    )
     for x, y in batches:
         opt.zero_grad()
         loss = opt.loss_fn(model(x), y)
@@ -170,3 +207,24 @@ def test_sequence_first_attention():
     expected = ref.first_order(torch.stack(losses).double(), torch.stack(grads).double(), 0.05)
     for key in ("Loss", "NormTest"):
         assert math.isclose(params0[key], expected[key], rel_tol=1e-6), key
+
+
+def test_hutchinson_trace_within_its_reported_error_where_no_exact_diagonal():
+    torch.manual_seed(0)
+    model = TinyTransformer()  # not an nn.Sequential: the diagonal is estimated
+    loss_fn = nn.CrossEntropyLoss()
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn,
+                             instruments=[HessTrace(probes=64), "TICDiag", "HessMaxEV"])
+    x, y = _tokens(torch.Generator().manual_seed(6), 8)
+    params = ref.flat_params(model)
+    with pytest.warns(ReadingWarning, match="Hutchinson"):
+        for _ in range(2):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    record = opt.history[0]
+    assert record["curvature"] == "hutchinson"
+    exact = float(torch.diagonal(ref.dense_hessian(model, loss_fn, params, x, y)).sum())
+    assert 0 < record["HessTrace_stderr"] < abs(exact)
+    assert abs(record["HessTrace"] - exact) < 4 * record["HessTrace_stderr"]
+    assert math.isfinite(record["TICDiag"]) and math.isfinite(record["HessMaxEV"])

@@ -271,8 +271,9 @@ def test_module_without_individual_gradients_is_named_and_other_readings_go_on()
 
     model = nn.Sequential(nn.Linear(3, 4), NoisyGain(), nn.Linear(4, 2))
     loss_fn = nn.CrossEntropyLoss()
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments="full")
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, instruments="full"
+    )
     x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
     with pytest.warns(ReadingWarning, match="NoisyGain"):
         step_with(opt, model, loss_fn, x, y)
@@ -286,8 +287,12 @@ def test_module_without_individual_gradients_is_named_and_other_readings_go_on()
 def test_loss_module_shared_with_another_model_and_missing_loss_call():
     model, loss_fn, batch = make_problem("mlp")
     other, _, _ = make_problem("mlp", seed=3)
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments=["Loss", "NormTest"])
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=["Loss", "NormTest"],
+    )
     x, y = batch(torch.Generator().manual_seed(0), 6)
     for _ in range(2):
         opt.zero_grad()
@@ -305,8 +310,13 @@ def test_loss_module_shared_with_another_model_and_missing_loss_call():
 @pytest.mark.parametrize("name", ["GradNorm", "Distance", "UpdateSize", "Time", "Loss"])
 def test_each_cheap_instrument_alone(name):
     model, loss_fn, batch = make_problem("mlp")
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments=[name], track=schedules.linear(2, offset=1))
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=[name],
+        track=schedules.linear(2, offset=1),
+    )
     gen = torch.Generator().manual_seed(0)
     thetas = []
     for _ in range(4):
@@ -327,8 +337,9 @@ def test_default_histogram_budget_is_within_one_percent_of_exact():
     records = []
     for budget in (None, GradHist1d().spec.max_elements):
         hist = GradHist1d(range=(-0.05, 0.05), max_elements=budget)
-        opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn,
-                                 instruments=[hist])
+        opt = MonitoredOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn, instruments=[hist]
+        )
         step_with(opt, model, loss_fn, x, y)
         opt.remove_hooks()
         records.append(opt.history[0]["GradHist1d"])
@@ -349,8 +360,16 @@ def test_log_keeps_strings_and_converts_array_scalars(tmp_path):
     from cockpit_optim.log import LogWriter
 
     writer = LogWriter(tmp_path)
-    writer.write({"step": 0, "why": "nan", "x": np.float32(1.5), "n": np.int64(3),
-                  "t": torch.tensor(2.0), "bad": float("-inf")})
+    writer.write(
+        {
+            "step": 0,
+            "why": "nan",
+            "x": np.float32(1.5),
+            "n": np.int64(3),
+            "t": torch.tensor(2.0),
+            "bad": float("-inf"),
+        }
+    )
     (record,) = load_log(tmp_path)
     assert record["why"] == "nan" and record["x"] == 1.5 and record["n"] == 3
     assert record["t"] == 2.0 and record["bad"] == float("-inf")
@@ -358,13 +377,15 @@ def test_log_keeps_strings_and_converts_array_scalars(tmp_path):
 
 def test_plot_every_draws_the_live_cockpit(tmp_path):
     model, loss_fn, batch = make_problem("mlp")
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             log_dir=tmp_path, plot_every=2)
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, log_dir=tmp_path, plot_every=2
+    )
     gen = torch.Generator().manual_seed(0)
     for _ in range(4):
         step_with(opt, model, loss_fn, *batch(gen, 5))
     opt.close()
     assert (tmp_path / "cockpit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="log_dir"):
-        MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                           plot_every=2)
+        MonitoredOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, plot_every=2
+        )

@@ -79,8 +79,9 @@ class Capture:
             if not direct:
                 continue
             names = [monitored[id(p)] for _, p in direct]
-            slot = LayerSlot(module_name, module, names,
-                             [n for n, _ in direct], rule_factory(module))
+            slot = LayerSlot(
+                module_name, module, names, [n for n, _ in direct], rule_factory(module)
+            )
             self.slots.append(slot)
             self._handles.append(
                 module.register_forward_hook(self._layer_hook(slot), with_kwargs=True)
@@ -150,9 +151,7 @@ class Capture:
                     output.register_hook(lambda grad: setattr(slot, "grad_out", grad.detach()))
                     return
             slot.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-            slot.kwargs = {
-                k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()
-            }
+            slot.kwargs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
             for index, tensor in enumerate(_tensors(output)):
                 if tensor.requires_grad:
                     tensor.register_hook(_store(slot.grads, index))

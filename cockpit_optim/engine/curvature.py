@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,32 @@ def lanczos_max_eigenvalue(
         betas.append(beta)
         basis.append(w / beta)
     return EigenResult(value, ritz, len(alphas), False)
+
+
+@dataclass
+class DiagonalEstimate:
+    diagonal: Tensor
+    trace: float
+    trace_stderr: float
+
+
+def hutchinson(
+    matvec: Callable[[Tensor], Tensor], probes: int, generator: torch.Generator
+) -> DiagonalEstimate:
+    """Hutchinson estimates with Rademacher probes ``v``: ``diag(H) ~ mean(v * Hv)``,
+    ``Tr(H) ~ mean(v . Hv)`` with its standard error ``std(v . Hv) / sqrt(probes)``."""
+    dim = matvec.dim
+    device = matvec.params[0].device
+    diagonal = torch.zeros(dim, dtype=torch.float64, device=device)
+    quadratic = []
+    for _ in range(probes):
+        v = (torch.randint(0, 2, (dim,), generator=generator) * 2 - 1).to(device, torch.float64)
+        product = v * matvec(v)
+        diagonal += product
+        quadratic.append(float(product.sum()))
+    values = torch.tensor(quadratic, dtype=torch.float64)
+    stderr = float(values.std() / math.sqrt(probes)) if probes > 1 else math.inf
+    return DiagonalEstimate(diagonal / probes, float(values.mean()), stderr)
 
 
 DIAGONAL_METHODS = {"exact": "diag_h", "ggn": "diag_ggn_exact", "mc-ggn": "diag_ggn_mc"}

@@ -45,8 +45,7 @@ def functional_rule(
 
     def outputs_of(theta, sample_args, sample_kwargs):
         call_args = tuple(
-            a.unsqueeze(dim) if is_batched else a
-            for a, is_batched in zip(sample_args, batched)
+            a.unsqueeze(dim) if is_batched else a for a, is_batched in zip(sample_args, batched)
         )
         call_kwargs = {k: v.unsqueeze(0) for k, v in sample_kwargs.items()}
         out = functional_call(module, theta, call_args, {**shared_kwargs, **call_kwargs})

@@ -110,12 +110,14 @@ def _edges(low: float, high: float, bins: int) -> list[float]:
 def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> dict:
     """GradHist1d record (SPEC section 3): network-wide and per-parameter int64 counts."""
     names = list(sample.values)
-    table = torch.stack([
-        torch.stack([_count(v, low, high, bins) for v in sample.values[name]]).sum(0)
-        if sample.values[name]
-        else torch.zeros(bins + 3, dtype=torch.int64, device=_device(sample))
-        for name in names
-    ])
+    table = torch.stack(
+        [
+            torch.stack([_count(v, low, high, bins) for v in sample.values[name]]).sum(0)
+            if sample.values[name]
+            else torch.zeros(bins + 3, dtype=torch.int64, device=_device(sample))
+            for name in names
+        ]
+    )
     sizes = [sum(v.numel() for v in sample.values[name]) for name in names]
     rows = table.cpu().tolist()
     total = table.sum(0).cpu().tolist()

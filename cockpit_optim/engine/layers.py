@@ -98,7 +98,9 @@ class SharedLinearRule(LayerRule):
     ``g_n(W) = B sum_t delta_{n,:,t} u_{n,:,t}^T``, ``g_n(b) = B sum_t delta_{n,:,t}``.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, patches: Tensor, deltas: Tensor) -> None:
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None, patches: Tensor, deltas: Tensor
+    ) -> None:
         self.weight, self.bias = weight, bias
         self.params = [weight] if bias is None else [weight, bias]
         self.u = patches  # (B, p, T)
@@ -236,10 +238,12 @@ class SharedLinearRule(LayerRule):
             return (self.scale * deltas).mul_(self.u.reshape(-1).take(in_rows))
         d_rows, u_rows = self.d.reshape(batch * o, positions), self.u.reshape(batch * p, positions)
         chunk = max(1, BLOCK_ELEMENTS // (4 * positions))
-        return torch.cat([
-            self.scale * (d_rows[a] * u_rows[b]).sum(-1)
-            for a, b in zip(out_rows.split(chunk), in_rows.split(chunk))
-        ])
+        return torch.cat(
+            [
+                self.scale * (d_rows[a] * u_rows[b]).sum(-1)
+                for a, b in zip(out_rows.split(chunk), in_rows.split(chunk))
+            ]
+        )
 
 
 class MaterializedRule(LayerRule):
@@ -263,7 +267,9 @@ class MaterializedRule(LayerRule):
         if sq_norms:
             out.sq_norms = [g.square().sum(1) for g in self.per_sample]
         if sgs:
-            out.sgs = [g.square().sum(0).reshape(p.shape) for g, p in zip(self.per_sample, self.params)]
+            out.sgs = [
+                g.square().sum(0).reshape(p.shape) for g, p in zip(self.per_sample, self.params)
+            ]
         if mean_dots:
             out.mean_dots = sum(g @ m for g, m in zip(self.per_sample, means))
         out.dots = [self.dots(v) for v in directions]

@@ -11,12 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import CockpitError, UnsupportedModelError
+from ..errors import CockpitError, UnsupportedModelError, warn_reading
 from .capture import Capture
 from .curvature import (
     DiagonalCurvature,
     EigenResult,
     HessianVectorProduct,
+    hutchinson,
     lanczos_max_eigenvalue,
     replay_loss,
 )
@@ -113,6 +114,7 @@ class Statistics:
     update_size: float | None = None
     alpha: Any = None
     projection: Tensor | None = None
+    trace_stderr: float | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @functools.cached_property
@@ -155,13 +157,24 @@ class StatisticsEngine:
         diagonal: bool = False,
         eigen_rtol: float = 1e-3,
         eigen_max_iter: int = 100,
+        hutchinson_probes: int = 16,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.names = [name for name, _ in named_params]
         self.params = [param for _, param in named_params]
         self.generator = generator
-        # The diagonal-curvature copy is made before any hook exists on the model.
-        self.diagonal = DiagonalCurvature(model, loss_fn, curvature) if diagonal else None
+        # The diagonal-curvature copy is made before any hook exists on the model. BackPACK's
+        # second-order extensions are exact for sequences of modules; other models are estimated.
+        self.diagonal, self.diagonal_problem = None, None
+        self.hutchinson_probes = hutchinson_probes
+        self._warned_estimate = False
+        if diagonal and isinstance(model, nn.Sequential):
+            self.diagonal = DiagonalCurvature(model, loss_fn, curvature)
+        elif diagonal:
+            self.diagonal_problem = (
+                f"{type(model).__name__} is not an nn.Sequential, for which the exact diagonal "
+                "is computed"
+            )
         self.curvature = curvature
         self.eigen_rtol, self.eigen_max_iter = eigen_rtol, eigen_max_iter
         self.eigenvector: Tensor | None = None  # warm start of the next Lanczos run
@@ -231,7 +244,9 @@ class StatisticsEngine:
                     rule = functional_rule(slot.module, local, slot.args, slot.kwargs, slot.grads)
             except Exception as error:  # e.g. random operations inside the module under vmap
                 kind = type(slot.module).__name__
-                problems.append(f"module '{slot.label}' ({kind}): no individual gradients ({error})")
+                problems.append(
+                    f"module '{slot.label}' ({kind}): no individual gradients ({error})"
+                )
                 continue
             rules.append((rule, [*slot.param_names, *(name for _, name in extra)]))
         if problems:
@@ -253,9 +268,12 @@ class StatisticsEngine:
                 losses = individual_losses(self.loss_fn, output, target).double()
             stats = Statistics(batch_size=losses.numel(), names=self.names, lr=lr, losses=losses)
         if request.grad_norms:
-            norms = torch.stack([
-                torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64) for p in self.params
-            ])
+            norms = torch.stack(
+                [
+                    torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64)
+                    for p in self.params
+                ]
+            )
             stats.grad_norms = dict(zip(self.names, norms.tolist()))
         if request.params:
             stats.params = [p.detach() for p in self.params]
@@ -367,26 +385,51 @@ class StatisticsEngine:
                 stats.unavailable[key] = "the model's forward call was not recorded"
             return
         seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+        products: list[HessianVectorProduct] = []
+
+        def hvp() -> HessianVectorProduct:  # one replayed graph serves every product
+            if not products:
+                loss = replay_loss(self.model, self.loss_fn, model_input, target)
+                products.append(HessianVectorProduct(loss, self.params))
+            return products[0]
+
         with self.capture.suspended():
             if request.diagonal:
-                try:
-                    stats.diagonal = self.diagonal(
-                        self.model, model_input, target, seed, self.names
-                    )
-                    stats.diagonal_method = self.curvature
-                except NotImplementedError as error:
-                    stats.unavailable["diagonal"] = f"BackPACK cannot handle the model ({error})"
+                self._diagonal(stats, model_input, target, seed, hvp)
             if request.max_eigenvalue:
                 try:
-                    stats.max_eigenvalue = self._max_eigenvalue(model_input, target)
+                    stats.max_eigenvalue = self._max_eigenvalue(hvp())
                 except RuntimeError as error:  # non-finite curvature makes the solver fail
                     stats.unavailable["max_eigenvalue"] = f"Lanczos failed ({error})"
 
-    def _max_eigenvalue(self, model_input, target: Tensor) -> EigenResult:
-        """Lanczos on Hessian-vector products of the replayed loss, warm-started from the
-        previous step's eigenvector (float64 Krylov basis)."""
-        loss = replay_loss(self.model, self.loss_fn, model_input, target)
-        hvp = HessianVectorProduct(loss, self.params)
+    def _diagonal(self, stats: Statistics, model_input, target: Tensor, seed: int, hvp) -> None:
+        """Exact diagonal by BackPACK where it applies, else a Hutchinson estimate (marked)."""
+        if self.diagonal is not None:
+            try:
+                stats.diagonal = self.diagonal(self.model, model_input, target, seed, self.names)
+                stats.diagonal_method = self.curvature
+                return
+            except Exception as error:  # BackPACK raises for modules it does not support
+                self.diagonal_problem = f"BackPACK cannot handle the model ({error})"
+                self.diagonal = None
+        if self.diagonal_problem is not None and not self._warned_estimate:
+            warn_reading(
+                f"HessTrace and TICDiag are Hutchinson estimates ({self.hutchinson_probes} "
+                f"probes; standard error under HessTrace_stderr): {self.diagonal_problem}"
+            )
+            self._warned_estimate = True
+        try:
+            estimate = hutchinson(hvp(), self.hutchinson_probes, self.generator)
+        except RuntimeError as error:
+            stats.unavailable["diagonal"] = f"Hessian-vector products failed ({error})"
+            return
+        stats.diagonal = _unflatten(estimate.diagonal, self.params)
+        stats.diagonal_method = "hutchinson"
+        stats.trace_stderr = estimate.trace_stderr
+
+    def _max_eigenvalue(self, hvp: HessianVectorProduct) -> EigenResult:
+        """Lanczos on Hessian-vector products, warm-started from the previous step's
+        eigenvector (float64 Krylov basis)."""
         start = self.eigenvector
         if start is None or start.numel() != hvp.dim or not bool(torch.isfinite(start).all()):
             start = torch.randn(hvp.dim, generator=self.generator, dtype=torch.float64)
@@ -449,3 +492,8 @@ def _functional_ancestor(slot, slots):
             if best is None or len(other.name) > len(best.name):
                 best = other
     return best
+
+
+def _unflatten(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
+    pieces = vector.split([p.numel() for p in like])
+    return [piece.reshape(p.shape).to(p.dtype) for piece, p in zip(pieces, like)]

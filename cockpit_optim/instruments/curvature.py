@@ -9,13 +9,21 @@ CURVATURES = ("exact", "ggn", "mc-ggn")
 
 
 class _DiagonalInstrument(Instrument):
-    def __init__(self, *, curvature: str = "exact") -> None:
+    """Reads the curvature diagonal: exact for ``nn.Sequential`` models BackPACK supports, else a
+    Hutchinson estimate with ``probes`` Hessian-vector products (``curvature: "hutchinson"``)."""
+
+    def __init__(self, *, curvature: str = "exact", probes: int = 16) -> None:
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-        self.curvature = curvature
+        if int(probes) < 2:
+            raise ValueError(f"probes must be at least 2 (for a standard error), got {probes}")
+        self.curvature, self.probes = curvature, int(probes)
 
     def extras(self, stats: Statistics) -> dict:
-        return {"curvature": stats.diagonal_method}
+        out = {"curvature": stats.diagonal_method}
+        if stats.trace_stderr is not None:
+            out["HessTrace_stderr"] = stats.trace_stderr
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(curvature={self.curvature!r})"
@@ -55,8 +63,8 @@ class HessMaxEV(Instrument):
 
 
 class _TIC(_DiagonalInstrument):
-    def __init__(self, *, curvature: str = "exact", eps: float = 1e-7) -> None:
-        super().__init__(curvature=curvature)
+    def __init__(self, *, curvature: str = "exact", probes: int = 16, eps: float = 1e-7) -> None:
+        super().__init__(curvature=curvature, probes=probes)
         self.eps = float(eps)
 
     def __repr__(self) -> str:

@@ -1,0 +1,417 @@
+"""The training loop of ``experiments/train.py``: data, model, monitored optimizer, evaluation,
+checkpoints, resume, pictures and ``summary.json`` in one run folder.
+
+Evaluation metrics live in the records.  :class:`Evaluator` is passed to the optimizer as the first
+controller, so it sees every record as it completes and before it is appended to ``opt.history``
+and written to ``cockpit.jsonl``: at the first record at or after every ``eval_every`` steps it adds
+``train_loss``, ``test_loss`` (and ``train_accuracy``, ``test_accuracy`` for classification),
+measured on the parameters after that record's update.  History, log and plot thus hold one record
+stream, and a resumed run (whose optimizer drops incomplete records from the log) neither loses
+nor duplicates metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from .. import MonitoredOptimizer, load_log, plot, plot_layerwise, schedules
+from ..cli import summary as readings_table
+from ..controllers import (
+    DEFAULT_NU,
+    AdaptiveBatchSampler,
+    AlphaLR,
+    CABSBatchSize,
+    EvidenceEarlyStopping,
+    GradientTestBatchSize,
+)
+from .config import ConfigError, instrument_names, validate
+from .data import Data, load_data
+from .models import build_model, num_parameters
+
+__all__ = [
+    "CHECKPOINT",
+    "CONTROLLERS",
+    "OPTIMIZERS",
+    "SUMMARY",
+    "Evaluator",
+    "Trainer",
+    "build_controllers",
+    "build_optimizer",
+    "evaluate",
+    "train",
+]
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+
+OPTIMIZERS: dict[str, Callable[[Any, Any], torch.optim.Optimizer]] = {
+    "sgd": lambda cfg, params: torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "momentum": lambda cfg, params: torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    ),
+    "adam": lambda cfg, params: torch.optim.Adam(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    ),
+    "adamw": lambda cfg, params: torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    ),
+}
+
+
+def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer of an ``optimizer`` config."""
+    return OPTIMIZERS[cfg.name](cfg, params)
+
+
+def _cap(value: int | None, size: int) -> int:
+    return size if value is None else min(int(value), size)
+
+
+CONTROLLERS: dict[str, Callable[[Any, AdaptiveBatchSampler], list]] = {
+    "none": lambda cfg, sampler: [],
+    "cabs": lambda cfg, sampler: [
+        CABSBatchSize(
+            sampler,
+            factor=cfg.factor,
+            smoothing=cfg.smoothing,
+            min_batch_size=min(cfg.min_batch_size, sampler.num_samples),
+            max_batch_size=_cap(cfg.max_batch_size, sampler.num_samples),
+            loss_floor=cfg.loss_floor,
+        )
+    ],
+    "gradient_test": lambda cfg, sampler: [
+        GradientTestBatchSize(
+            sampler,
+            test=str(getattr(cfg.test, "value", cfg.test)),
+            theta=cfg.theta,
+            nu=DEFAULT_NU if cfg.nu is None else cfg.nu,
+            max_batch_size=_cap(cfg.max_batch_size, sampler.num_samples),
+            average_over=cfg.average_over,
+        )
+    ],
+    "alpha_lr": lambda cfg, sampler: [
+        AlphaLR(
+            target=cfg.target,
+            window=cfg.window,
+            dead_band=cfg.dead_band,
+            max_change=tuple(cfg.max_change),
+            bounds=tuple(cfg.bounds),
+            warmup=cfg.warmup,
+            blowup=cfg.blowup,
+            loss_smoothing=cfg.loss_smoothing,
+        )
+    ],
+    "early_stopping": lambda cfg, sampler: [
+        EvidenceEarlyStopping(window=cfg.window, patience=cfg.patience, min_steps=cfg.min_steps)
+    ],
+}
+
+
+def build_controllers(cfg: Any, sampler: AdaptiveBatchSampler) -> list:
+    """The controllers of a ``controller`` config; batch sizes are capped at the data set size."""
+    return CONTROLLERS[cfg.name](cfg, sampler)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: Data, device: torch.device, samples: int | None, batch_size: int
+) -> dict[str, float]:
+    """Mean loss (and accuracy for classification) on the first ``samples`` examples of each split,
+    in eval mode; the model's mode is restored and no RNG is consumed."""
+    was_training = model.training
+    model.eval()
+    loss_fn = type(data.loss_fn())(reduction="sum")
+    dtype = next(model.parameters()).dtype
+    metrics: dict[str, float] = {}
+    for prefix, split in (("train", data.train), ("test", data.test)):
+        split = split.head(samples)
+        total, correct = 0.0, 0
+        for start in range(0, len(split), batch_size):
+            inputs, targets = _to(
+                data.batch(split, slice(start, start + batch_size)), device, dtype
+            )
+            outputs = model(inputs)
+            total += float(loss_fn(outputs, targets))
+            if data.info.task == "classification":
+                correct += int((outputs.argmax(1) == targets).sum())
+        count = len(split) * (1 if data.info.task == "classification" else data.info.num_outputs)
+        metrics[f"{prefix}_loss"] = total / count
+        if data.info.task == "classification":
+            metrics[f"{prefix}_accuracy"] = correct / len(split)
+    model.train(was_training)
+    return metrics
+
+
+def _to(batch: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
+    """Move a batch; float tensors take the model's dtype, integer labels and tokens stay."""
+    return tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in batch)
+
+
+class Evaluator:
+    """Adds evaluation metrics to the first record at or after every ``every`` steps (an observer
+    in the controller protocol: it reads records and takes no action)."""
+
+    def __init__(self, measure: Callable[[], dict[str, float]], every: int) -> None:
+        self.measure, self.every = measure, int(every)
+        self.next_step = 0
+
+    def observe(self, record: dict, optimizer: Any) -> list:
+        step = int(record["step"])
+        if step >= self.next_step:
+            record.update(self.measure())
+            self.next_step = (step // self.every + 1) * self.every
+        return []
+
+    def state_dict(self) -> dict[str, int]:
+        return {"next_step": self.next_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.next_step = int(state["next_step"])
+
+
+class _Before:
+    """``schedule`` restricted to steps before ``end``: the record of the last step would stay
+    incomplete (Alpha is completed during the next step)."""
+
+    def __init__(self, schedule: schedules.Schedule, end: int) -> None:
+        self.schedule, self.end = schedule, end
+
+    def __call__(self, step: int) -> bool:
+        return step < self.end and bool(self.schedule(step))
+
+    def __repr__(self) -> str:
+        return f"{self.schedule!r} before step {self.end}"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """One training run in ``run_dir`` (``cockpit.jsonl``, ``checkpoint.pt``, PNGs, ``summary.json``)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        validate(cfg)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = cfg.trainer
+        if trainer.threads is not None:
+            torch.set_num_threads(trainer.threads)
+        self.device = _device(trainer.device)
+        torch.manual_seed(trainer.seed)
+        self.data = load_data(cfg.data)
+        self.model = build_model(cfg.model, self.data.info).to(self.device)
+        self.dtype = next(self.model.parameters()).dtype
+        self.loss_fn = self.data.loss_fn()
+        self.sampler = AdaptiveBatchSampler(
+            len(self.data.train), cfg.data.batch_size, drop_last=True, seed=trainer.seed
+        )
+        if cfg.data.batch_size > len(self.data.train):
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.data.train)} "
+                "training examples"
+            )
+        self.total_steps = trainer.steps or trainer.epochs * len(self.sampler)
+        self.evaluator = Evaluator(self._measure, trainer.eval_every)
+        controllers = [self.evaluator, *build_controllers(cfg.controller, self.sampler)]
+        names = instrument_names(list(cfg.cockpit.instruments))
+        self.log_steps = bool(names) and cfg.cockpit.track.schedule == "logarithmic"
+        reads_alpha = "Alpha" in names or any("Alpha" in c.instruments for c in controllers[1:])
+        self.optimizer = MonitoredOptimizer(
+            build_optimizer(cfg.optimizer, self.model.parameters()),
+            self.model,
+            self.loss_fn,
+            instruments=names,
+            track=self._schedule(bool(names), reads_alpha),
+            log_dir=self.run_dir,
+            controllers=controllers,
+            seed=trainer.seed,
+            plot_every=cfg.cockpit.plot_every,
+        )
+        self.step, self.elapsed = 0, 0.0
+        if trainer.resume and (self.run_dir / CHECKPOINT).exists():
+            self._restore()
+        else:
+            if trainer.resume:
+                print(f"no {CHECKPOINT} in {self.run_dir}: starting a fresh run")
+            for stale in (self.run_dir / "cockpit.jsonl", self.run_dir / CHECKPOINT):
+                stale.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------------------- set-up
+    def _schedule(self, instruments: bool, reads_alpha: bool) -> schedules.Schedule:
+        track = self.cfg.cockpit.track
+        if not instruments:  # cockpit off: records only carry the evaluations
+            base: schedules.Schedule = schedules.linear(self.cfg.trainer.eval_every)
+        elif track.schedule == "logarithmic":
+            base = schedules.logarithmic(end=max(self.total_steps - 2, 0), points=track.points)
+        else:
+            base = schedules.linear(track.interval)
+        return _Before(base, self.total_steps - 1) if reads_alpha else base
+
+    def _measure(self) -> dict[str, float]:
+        return evaluate(
+            self.model,
+            self.data,
+            self.device,
+            self.cfg.trainer.eval_samples,
+            self.cfg.data.eval_batch_size,
+        )
+
+    def _config(self) -> dict:
+        return OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
+
+    # ------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        """Model, optimizer (with the monitor's and controllers' state), sampler, RNG and step,
+        written atomically to ``run_dir/checkpoint.pt``."""
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "config": self._config(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        }
+        path = self.run_dir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def _restore(self) -> None:
+        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        saved, current = state["config"], self._config()
+        changed = [g for g in current if g != "trainer" and saved.get(g) != current[g]]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {self.run_dir}: the config of {', '.join(changed)} differs from "
+                "the checkpoint's; only trainer settings may change on resume"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        print(f"resumed {self.run_dir} at step {self.step}")
+
+    # ------------------------------------------------------------------------------ loop
+    def _finished(self) -> bool:
+        if self.optimizer.should_stop:
+            return True
+        if self.cfg.trainer.steps is not None:
+            return self.step >= self.cfg.trainer.steps
+        return self.sampler.epoch >= self.cfg.trainer.epochs
+
+    def train_step(self, indices: list[int]) -> float:
+        """One optimizer step on the training examples ``indices``; returns the mini-batch loss."""
+        inputs, targets = _to(
+            self.data.batch(self.data.train, torch.tensor(indices)), self.device, self.dtype
+        )
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.model(inputs), targets)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def run(self) -> dict:
+        """Train to the end (or until a controller stops the run); returns the summary."""
+        trainer = self.cfg.trainer
+        start = time.perf_counter() - self.elapsed
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"{self.cfg.model.name} on {self.cfg.data.name}",
+            unit="step",
+            disable=not trainer.progress,
+            dynamic_ncols=True,
+        )
+        while not self._finished():
+            fresh_epoch = self.sampler.position == 0
+            batches = 0
+            for indices in self.sampler:
+                batches += 1
+                loss = self.train_step(indices)
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss:.4g}", epoch=self.sampler.epoch)
+                self.elapsed = time.perf_counter() - start
+                if trainer.checkpoint_every and self.step % trainer.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self._finished():
+                    break
+            if batches == 0 and fresh_epoch:
+                raise ConfigError(
+                    f"batch size {self.sampler.batch_size} exceeds the "
+                    f"{self.sampler.num_samples} training examples: no full batch in an epoch"
+                )
+        bar.close()
+        self.elapsed = time.perf_counter() - start
+        self.save_checkpoint()
+        self.optimizer.close()
+        return self.finish()
+
+    # ---------------------------------------------------------------------------- output
+    def finish(self) -> dict:
+        """Draw the cockpit pictures and write ``summary.json``; returns the summary."""
+        history = self.optimizer.history
+        files = {"log": "cockpit.jsonl", "checkpoint": CHECKPOINT}
+        if history:
+            plot(history, self.run_dir / "cockpit.png", log_steps=self.log_steps)
+            files["cockpit"] = "cockpit.png"
+            if self.cfg.cockpit.layerwise and any("GradHist1d" in r for r in history):
+                plot_layerwise(history, self.run_dir / "cockpit_layerwise.png")
+                files["layerwise"] = "cockpit_layerwise.png"
+        alphas = [r["Alpha"] for r in history if _finite(r.get("Alpha"))]
+        summary = {
+            "steps": self.step,
+            "epochs": self.sampler.epoch + self.sampler.position / self.sampler.num_samples,
+            "wall_time_s": round(self.elapsed, 2),
+            "parameters": num_parameters(self.model),
+            "records": len(history),
+            "final": self._measure(),
+            "mean_alpha": sum(alphas) / len(alphas) if alphas else None,
+            "batch_size": self.sampler.batch_size,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "stop_reason": self.optimizer.stop_reason,
+            "files": files,
+            "config": self._config(),
+        }
+        (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run :class:`Trainer` for ``cfg`` in ``run_dir``, print the readings, return the summary."""
+    trainer = Trainer(cfg, run_dir)
+    summary = trainer.run()
+    final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
+    print(f"\n{summary['steps']} steps in {summary['wall_time_s']:.1f} s; final {final}")
+    records = load_log(trainer.run_dir) if summary["records"] else []
+    if records:
+        print(readings_table(records))
+    print(f"\nrun folder: {trainer.run_dir} ({', '.join(summary['files'].values())}, {SUMMARY})")
+    return summary
