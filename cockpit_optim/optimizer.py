@@ -44,6 +44,10 @@ class MonitoredOptimizer(Optimizer):
         seed: seed of the private generator (subsampling, random start vectors).
         plot_every: redraw ``log_dir/cockpit.png`` every this many records, in the background;
             call :meth:`close` at the end of training for the final picture.
+        batchnorm_approximation: allow train-mode BatchNorm, whose individual gradients are not
+            defined: the gradient of the batch loss w.r.t. each sample's activations stands in
+            for that of its own loss, and the batch statistics count as constants.  Records then
+            carry ``"approximate": True``.
 
     Passive use (no controllers) leaves the parameter trajectory and the global RNG exactly as
     with the bare optimizer.  ``readings`` is the newest complete record, ``history`` all of them.
@@ -61,6 +65,7 @@ class MonitoredOptimizer(Optimizer):
         *,
         seed: int = 0,
         plot_every: int | None = None,
+        batchnorm_approximation: bool = False,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
@@ -89,6 +94,7 @@ class MonitoredOptimizer(Optimizer):
             self._generator,
             curvature=self._curvature_method(),
             diagonal=self._request.diagonal,
+            batchnorm_approximation=batchnorm_approximation,
             **self._curvature_options(),
         )
         self._writer = LogWriter(log_dir) if log_dir is not None else None
@@ -277,6 +283,8 @@ class MonitoredOptimizer(Optimizer):
         if self._request.distance:
             stats.distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
         record = {"step": t, "lr": self._lr()}
+        if self.engine.approximate:
+            record["approximate"] = True
         if stats.batch_size:
             record["batch_size"] = stats.batch_size
         for instrument in self.instruments:

@@ -389,3 +389,19 @@ def test_plot_every_draws_the_live_cockpit(tmp_path):
         MonitoredOptimizer(
             torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, plot_every=2
         )
+
+
+def test_batchnorm_train_mode_opt_in_approximation_is_marked():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             instruments=["NormTest", "GradHist1d"], batchnorm_approximation=True)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    step_with(opt, model, loss_fn, x, y)
+    record = opt.history[0]
+    assert record["approximate"] is True and math.isfinite(record["NormTest"])
+    model.eval()  # in eval mode the readings are exact again and no longer marked
+    step_with(opt, model, loss_fn, x, y)
+    step_with(opt, model, loss_fn, x, y)
+    assert "approximate" not in opt.history[-1]

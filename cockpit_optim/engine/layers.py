@@ -342,12 +342,19 @@ def _affine_rule(module: nn.Module, normalized: Tensor, grad_out: Tensor, dims) 
     return MaterializedRule(params, per_sample)
 
 
-def _batchnorm_eval_rule(module: nn.modules.batchnorm._BatchNorm, inputs, grad_out) -> LayerRule:
+def _batchnorm_rule(module: nn.modules.batchnorm._BatchNorm, inputs, grad_out) -> LayerRule:
+    """Affine of BatchNorm.  Eval mode (running statistics): exact.  Train mode (only with the
+    documented opt-in): the batch statistics are treated as constants, an approximation."""
     shape = (1, -1) + (1,) * (inputs.dim() - 2)
-    mean = module.running_mean.reshape(shape)
-    std = torch.sqrt(module.running_var.reshape(shape) + module.eps)
     dims = tuple(i for i in range(inputs.dim()) if i != 1)[1:]
-    return _affine_rule(module, (inputs - mean) / std, grad_out, dims)
+    if module.training or module.running_mean is None:
+        axes = (0, *dims)
+        mean = inputs.mean(dim=axes, keepdim=True)
+        var = inputs.var(dim=axes, keepdim=True, unbiased=False)
+    else:
+        mean = module.running_mean.reshape(shape)
+        var = module.running_var.reshape(shape)
+    return _affine_rule(module, (inputs - mean) / torch.sqrt(var + module.eps), grad_out, dims)
 
 
 def _layernorm_rule(module: nn.LayerNorm, inputs: Tensor, grad_out: Tensor) -> LayerRule:
@@ -381,7 +388,7 @@ def rule_factory(module: nn.Module):
     ):
         return _conv_rule if module.groups == 1 else None
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return _batchnorm_eval_rule
+        return _batchnorm_rule
     if isinstance(module, nn.LayerNorm):
         return _layernorm_rule
     if isinstance(module, nn.GroupNorm):

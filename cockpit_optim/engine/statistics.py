@@ -158,6 +158,7 @@ class StatisticsEngine:
         eigen_rtol: float = 1e-3,
         eigen_max_iter: int = 100,
         hutchinson_probes: int = 16,
+        batchnorm_approximation: bool = False,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.names = [name for name, _ in named_params]
@@ -167,6 +168,7 @@ class StatisticsEngine:
         # second-order extensions are exact for sequences of modules; other models are estimated.
         self.diagonal, self.diagonal_problem = None, None
         self.hutchinson_probes = hutchinson_probes
+        self.batchnorm_approximation = batchnorm_approximation
         self._warned_estimate = False
         if diagonal and isinstance(model, nn.Sequential):
             self.diagonal = DiagonalCurvature(model, loss_fn, curvature)
@@ -187,13 +189,21 @@ class StatisticsEngine:
         ]
 
     # ------------------------------------------------------------------------- checks
+    @property
+    def approximate(self) -> bool:
+        """Whether readings rest on the train-mode BatchNorm approximation."""
+        return self.batchnorm_approximation and any(m.training for _, m in self._batchnorms)
+
     def _check_batchnorm(self) -> None:
+        if self.batchnorm_approximation:
+            return
         for name, module in self._batchnorms:
             if module.training:
                 raise UnsupportedModelError(
                     f"BatchNorm layer '{name}' is in train mode: it mixes the samples of a batch, "
                     "so individual gradients are not defined. Put it in eval mode "
-                    f"(model.{name}.eval()) or replace it by GroupNorm/LayerNorm."
+                    f"(model.{name}.eval()), replace it by GroupNorm/LayerNorm, or accept an "
+                    "approximation with MonitoredOptimizer(..., batchnorm_approximation=True)."
                 )
 
     def _loss_inputs(self) -> tuple[Tensor, Tensor]:
