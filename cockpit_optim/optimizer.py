@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .engine.distributed import combiner_for
 from .engine.losses import check_loss_module
 from .engine.statistics import Request, Statistics, StatisticsEngine
 from .errors import CockpitError, ReadingWarning
@@ -48,6 +49,9 @@ class MonitoredOptimizer(Optimizer):
             defined: the gradient of the batch loss w.r.t. each sample's activations stands in
             for that of its own loss, and the batch statistics count as constants.  Records then
             carry ``"approximate": True``.
+        process_group: under ``torch.distributed`` (e.g. ``DistributedDataParallel``), the ranks
+            whose batches form the global batch (default: all).  Every reading is then computed
+            over the global batch on every rank; only rank 0 writes the log and plots.
 
     Passive use (no controllers) leaves the parameter trajectory and the global RNG exactly as
     with the bare optimizer.  ``readings`` is the newest complete record, ``history`` all of them.
@@ -66,6 +70,7 @@ class MonitoredOptimizer(Optimizer):
         seed: int = 0,
         plot_every: int | None = None,
         batchnorm_approximation: bool = False,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
@@ -80,7 +85,10 @@ class MonitoredOptimizer(Optimizer):
                 if name not in {i.name for i in self.instruments}:
                     self.instruments.extend(resolve([name]))
         self.schedule = as_schedule(track)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._combiner = combiner_for(process_group)
+        rank = self._combiner.rank
+        self._generator = torch.Generator().manual_seed(seed)  # the same on every rank
+        self._sample_generator = torch.Generator().manual_seed(seed + 7919 * (rank + 1))
         self._request = Request()
         for instrument in self.instruments:
             self._request = self._request | instrument.request()
@@ -92,14 +100,16 @@ class MonitoredOptimizer(Optimizer):
             loss_fn,
             named,
             self._generator,
+            sample_generator=self._sample_generator,
+            combiner=self._combiner,
             curvature=self._curvature_method(),
             diagonal=self._request.diagonal,
             batchnorm_approximation=batchnorm_approximation,
             **self._curvature_options(),
         )
-        self._writer = LogWriter(log_dir) if log_dir is not None else None
+        self._writer = LogWriter(log_dir) if log_dir is not None and rank == 0 else None
         self._live_plot = None
-        if plot_every is not None:
+        if plot_every is not None and rank == 0:
             if log_dir is None:
                 raise ValueError("plot_every needs a log_dir to draw cockpit.png into")
             from .plotting import LivePlot
@@ -372,6 +382,9 @@ class MonitoredOptimizer(Optimizer):
                 "theta0": self._theta0,
                 "pending": pending,
                 "generator": self._generator.get_state(),
+                "sample_generators": self._combiner.gather_objects(
+                    self._sample_generator.get_state()
+                ),
                 "eigenvector": self.engine.eigenvector,
                 "history": list(self.history),
                 "controllers": [
@@ -397,6 +410,9 @@ class MonitoredOptimizer(Optimizer):
             pending = {**pending, "start": None if start is None else LineObservation(**start)}
         self._pending = pending
         self._generator.set_state(monitor["generator"])
+        states = monitor.get("sample_generators") or []
+        if len(states) == self._combiner.world_size:
+            self._sample_generator.set_state(states[self._combiner.rank])
         self.engine.eigenvector = monitor["eigenvector"]
         self.history = list(monitor["history"])
         for controller, state in zip(

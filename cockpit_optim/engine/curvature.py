@@ -48,10 +48,17 @@ def replay_loss(
 
 
 class HessianVectorProduct:
-    """``v -> H v`` for the Hessian of ``loss`` w.r.t. ``params`` (flat vectors in float64)."""
+    """``v -> H v`` for the Hessian of ``loss`` w.r.t. ``params`` (flat vectors in float64).
 
-    def __init__(self, loss: Tensor, params: Sequence[Tensor]) -> None:
+    With a distributed ``combiner``, ``H`` is that of the global batch: each rank's product,
+    weighted by its share ``weight`` of the batch, is summed over the ranks.
+    """
+
+    def __init__(
+        self, loss: Tensor, params: Sequence[Tensor], combiner=None, weight: float = 1.0
+    ) -> None:
         self.params = list(params)
+        self.combiner, self.weight = combiner, weight
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         self._pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self.dim = sum(p.numel() for p in self.params)
@@ -59,23 +66,28 @@ class HessianVectorProduct:
 
     def __call__(self, vector: Tensor) -> Tensor:
         self.calls += 1
-        pieces, offset = [], 0
-        for p in self.params:
-            pieces.append(vector[offset : offset + p.numel()].reshape(p.shape).to(p.dtype))
-            offset += p.numel()
-        if not self._pairs:
-            return torch.zeros_like(vector)
-        outputs = [g for _, g in self._pairs]
-        grad_outputs = [pieces[i] for i, _ in self._pairs]
-        products = torch.autograd.grad(
-            outputs, self.params, grad_outputs, retain_graph=True, allow_unused=True
-        )
-        return torch.cat(
-            [
-                (h if h is not None else torch.zeros_like(p)).reshape(-1).to(vector.dtype)
-                for h, p in zip(products, self.params)
-            ]
-        )
+        pieces = [
+            piece.reshape(p.shape).to(p.dtype)
+            for piece, p in zip(vector.split([p.numel() for p in self.params]), self.params)
+        ]
+        local = torch.zeros_like(vector)
+        if self._pairs:
+            products = torch.autograd.grad(
+                [g for _, g in self._pairs],
+                self.params,
+                [pieces[i] for i, _ in self._pairs],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            local = torch.cat(
+                [
+                    (h if h is not None else torch.zeros_like(p)).reshape(-1).to(vector.dtype)
+                    for h, p in zip(products, self.params)
+                ]
+            )
+        if self.combiner is None or self.combiner.world_size == 1:
+            return local
+        return self.combiner.sum([local * self.weight])[0]
 
 
 @dataclass

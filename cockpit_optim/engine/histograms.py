@@ -50,10 +50,13 @@ def draw_elements(
     max_elements: int | None,
     generator: torch.Generator,
     with_params: bool,
+    population: int | None = None,
 ) -> ElementSample:
-    """All elements when ``B*D <= max_elements`` (or ``max_elements is None``), else a subsample."""
+    """All elements when ``B*D <= max_elements`` (or ``max_elements is None``), else a subsample
+    (``population``: ``B*D`` of the global batch when several ranks draw their share)."""
     sample = ElementSample()
-    population = sum(rule.batch_size * param.numel() for rule, _ in rules for param in rule.params)
+    if population is None:
+        population = sum(rule.batch_size * p.numel() for rule, _ in rules for p in rule.params)
     fraction = (
         1.0 if max_elements is None or population <= max_elements else (max_elements / population)
     )
@@ -107,37 +110,43 @@ def _edges(low: float, high: float, bins: int) -> list[float]:
     return [low + (high - low) * i / bins for i in range(bins)] + [high]
 
 
-def histogram_1d(sample: ElementSample, low: float, high: float, bins: int) -> dict:
-    """GradHist1d record (SPEC section 3): network-wide and per-parameter int64 counts."""
-    names = list(sample.values)
-    table = torch.stack(
-        [
-            torch.stack([_count(v, low, high, bins) for v in sample.values[name]]).sum(0)
-            if sample.values[name]
-            else torch.zeros(bins + 3, dtype=torch.int64, device=_device(sample))
-            for name in names
-        ]
-    )
-    sizes = [sum(v.numel() for v in sample.values[name]) for name in names]
+def counts_1d(sample: ElementSample, low: float, high: float, bins: int) -> Tensor:
+    """Per-parameter table ``[underflow, counts..., overflow, nan, drawn]`` (int64, one row per
+    parameter in ``sample`` order): sums over rounds of draws and over ranks."""
+    device = _device(sample)
+    rows = []
+    for chunks in sample.values.values():
+        row = torch.zeros(bins + 4, dtype=torch.int64, device=device)
+        for values in chunks:
+            row[: bins + 3] += _count(values, low, high, bins)
+            row[bins + 3] += values.numel()
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def record_1d(
+    table: Tensor, names: list[str], populations: list[int], low: float, high: float, bins: int
+) -> dict:
+    """GradHist1d record (SPEC section 3) from a :func:`counts_1d` table."""
     rows = table.cpu().tolist()
-    total = table.sum(0).cpu().tolist()
     layers = {
         name: {
             "counts": row[1 : bins + 1],
             "underflow": row[0],
             "overflow": row[bins + 1],
-            "binned": size - row[bins + 2],
-            "population": sample.population[name],
+            "binned": row[bins + 3] - row[bins + 2],
+            "population": population,
         }
-        for name, row, size in zip(names, rows, sizes)
+        for name, row, population in zip(names, rows, populations)
     }
+    total = table.sum(0).cpu().tolist()
     return {
         "edges": _edges(low, high, bins),
         "counts": total[1 : bins + 1],
         "underflow": total[0],
         "overflow": total[bins + 1],
-        "binned": sum(sizes) - total[bins + 2],
-        "population": sum(sample.population.values()),
+        "binned": total[bins + 3] - total[bins + 2],
+        "population": sum(populations),
         "layers": layers,
     }
 
@@ -149,61 +158,57 @@ def _device(sample: ElementSample) -> torch.device:
     return torch.device("cpu")
 
 
-def histogram_2d(
+def counts_2d(
     sample: ElementSample,
+    param_range: tuple[float, float],
+    grad_range: tuple[float, float],
+    bins: tuple[int, int],
+) -> Tensor:
+    """Flat table of pair counts with under/overflow/nan rows and columns, plus the number drawn
+    as the last entry (int64): sums over ranks."""
+    param_bins, grad_bins = bins
+    size = (param_bins + 3) * (grad_bins + 3)
+    counts = torch.zeros(size + 1, dtype=torch.int64, device=_device(sample))
+    for name, chunks in sample.values.items():
+        for values, params in zip(chunks, sample.params[name]):
+            g_index = _bucket(values, *grad_range, grad_bins)
+            p_index = _bucket(params, *param_range, param_bins)
+            flat = p_index.mul_(grad_bins + 3).add_(g_index)
+            counts[:size] += torch.bincount(flat, minlength=size)
+            counts[size] += values.numel()
+    return counts
+
+
+def record_2d(
+    counts: Tensor,
+    population: int,
     param_range: tuple[float, float],
     grad_range: tuple[float, float],
     bins: tuple[int, int],
 ) -> dict:
     """GradHist2d record: ``counts[i][j]`` pairs with ``theta`` in bin i and ``g`` in bin j."""
     param_bins, grad_bins = bins
-    counts = torch.zeros((param_bins + 3) * (grad_bins + 3), dtype=torch.int64)
-    binned = 0
-    for name, chunks in sample.values.items():
-        for values, params in zip(chunks, sample.params[name]):
-            g_index = _bucket(values, *grad_range, grad_bins)
-            p_index = _bucket(params, *param_range, param_bins)
-            flat = p_index.mul_(grad_bins + 3).add_(g_index)
-            counts += torch.bincount(flat, minlength=counts.numel()).cpu()
-            binned += values.numel()
-    table = counts.reshape(param_bins + 3, grad_bins + 3)
+    counts = counts.cpu()
+    drawn = int(counts[-1])
+    table = counts[:-1].reshape(param_bins + 3, grad_bins + 3)
     nan = int(table[:, grad_bins + 2].sum())
     inside = table[1 : param_bins + 1, 1 : grad_bins + 1]
     return {
         "param_edges": _edges(*param_range, param_bins),
         "grad_edges": _edges(*grad_range, grad_bins),
         "counts": inside.tolist(),
-        "outside": binned - nan - int(inside.sum()),
-        "binned": binned - nan,
-        "population": sum(sample.population.values()),
+        "outside": drawn - nan - int(inside.sum()),
+        "binned": drawn - nan,
+        "population": population,
     }
 
 
-def merge_1d(first: dict, second: dict) -> dict:
-    """Sum of two GradHist1d records over the same edges (two independent rounds of draws)."""
-    merged = dict(first)
-    merged["counts"] = [a + b for a, b in zip(first["counts"], second["counts"])]
-    for key in ("underflow", "overflow", "binned"):
-        merged[key] = first[key] + second[key]
-    merged["layers"] = {
-        name: {
-            "counts": [a + b for a, b in zip(layer["counts"], second["layers"][name]["counts"])],
-            **{
-                key: layer[key] + second["layers"][name][key]
-                for key in ("underflow", "overflow", "binned")
-            },
-            "population": layer["population"],
-        }
-        for name, layer in first["layers"].items()
-    }
-    return merged
-
-
-def expected_l1(record: dict) -> float:
+def expected_l1(table: Tensor, bins: int) -> float:
     """Expected L1 distance between a histogram of ``n`` independent draws and the exact one,
-    ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))``, with ``p`` estimated from the record itself."""
-    counts = [record["underflow"], *record["counts"], record["overflow"]]
-    total = sum(counts)
+    ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))``, with ``p`` estimated from the counts themselves."""
+    counts = table.sum(0)[: bins + 2].double()
+    total = float(counts.sum())
     if total == 0:
         return 0.0
-    return sum(math.sqrt(2 * (c / total) * (1 - c / total) / (math.pi * total)) for c in counts)
+    p = counts / total
+    return float(torch.sqrt(2 * p * (1 - p) / (math.pi * total)).sum())

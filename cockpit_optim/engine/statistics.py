@@ -21,8 +21,9 @@ from .curvature import (
     lanczos_max_eigenvalue,
     replay_loss,
 )
+from .distributed import LocalCombiner
 from .functional import functional_rule
-from .histograms import draw_elements, expected_l1, histogram_1d, histogram_2d, merge_1d
+from .histograms import counts_1d, counts_2d, draw_elements, expected_l1, record_1d, record_2d
 from .layers import LayerRule, MaterializedRule
 from .losses import individual_losses
 
@@ -153,6 +154,8 @@ class StatisticsEngine:
         loss_fn: nn.Module,
         named_params: list[tuple[str, Tensor]],
         generator: torch.Generator,
+        sample_generator: torch.Generator | None = None,
+        combiner: LocalCombiner | None = None,
         curvature: str = "exact",
         diagonal: bool = False,
         eigen_rtol: float = 1e-3,
@@ -163,18 +166,22 @@ class StatisticsEngine:
         self.model, self.loss_fn = model, loss_fn
         self.names = [name for name, _ in named_params]
         self.params = [param for _, param in named_params]
-        self.generator = generator
+        self.generator = generator  # identical on all ranks: probes, start vectors, seeds
+        self.sample_generator = sample_generator or generator  # per rank: histogram draws
+        self.combiner = combiner or LocalCombiner()
+        # Replays run the plain module: a DistributedDataParallel wrapper expects a backward.
+        self.replay_model = getattr(model, "module", model) if _is_ddp(model) else model
         # The diagonal-curvature copy is made before any hook exists on the model. BackPACK's
         # second-order extensions are exact for sequences of modules; other models are estimated.
         self.diagonal, self.diagonal_problem = None, None
         self.hutchinson_probes = hutchinson_probes
         self.batchnorm_approximation = batchnorm_approximation
         self._warned_estimate = False
-        if diagonal and isinstance(model, nn.Sequential):
-            self.diagonal = DiagonalCurvature(model, loss_fn, curvature)
+        if diagonal and isinstance(self.replay_model, nn.Sequential):
+            self.diagonal = DiagonalCurvature(self.replay_model, loss_fn, curvature)
         elif diagonal:
             self.diagonal_problem = (
-                f"{type(model).__name__} is not an nn.Sequential, for which the exact diagonal "
+                f"{type(self.replay_model).__name__} is not an nn.Sequential, for which the exact diagonal "
                 "is computed"
             )
         self.curvature = curvature
@@ -275,7 +282,9 @@ class StatisticsEngine:
             self._check_batchnorm()
             output, target = self._loss_inputs()
             with self.capture.suspended():
-                losses = individual_losses(self.loss_fn, output, target).double()
+                local = individual_losses(self.loss_fn, output, target).double()
+            self.local_batch = local.numel()
+            (losses,) = self.combiner.gather([local])
             stats = Statistics(batch_size=losses.numel(), names=self.names, lr=lr, losses=losses)
         if request.grad_norms:
             norms = torch.stack(
@@ -311,34 +320,48 @@ class StatisticsEngine:
             if direction is not None:
                 stats.projection = self.project(direction)
             return
-        mean_grads: list[Tensor | None] = [None] * len(self.names)
+        distributed = self.combiner.world_size > 1
+        local_batch = self.local_batch
+        means: list[Tensor | None] = [None] * len(self.names)
         sgs: list[Tensor | None] = [None] * len(self.names)
         device = self.params[0].device
-        total_norms = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
-        total_dots = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
-        projection = torch.zeros(stats.batch_size, dtype=torch.float64, device=device)
+        norms = torch.zeros(local_batch, dtype=torch.float64, device=device)
+        dots = torch.zeros(local_batch, dtype=torch.float64, device=device)
+        projection = torch.zeros(local_batch, dtype=torch.float64, device=device)
         for rule, names in rules:
             directions = [[direction[index[n]] for n in names]] if direction is not None else []
             out = rule.reduce(
-                sq_norms=want_norms, sgs=request.sgs, mean_dots=request.dots, directions=directions
+                sq_norms=want_norms,
+                sgs=request.sgs,
+                mean_dots=request.dots and not distributed,  # needs the global mean first
+                directions=directions,
             )
             for i, name in enumerate(names):
-                mean_grads[index[name]] = out.means[i]
+                means[index[name]] = out.means[i]
                 if out.sgs is not None:
                     sgs[index[name]] = out.sgs[i]
                 if out.sq_norms is not None:
-                    total_norms += out.sq_norms[i]
+                    norms += out.sq_norms[i]
             if out.mean_dots is not None:
-                total_dots += out.mean_dots
+                dots += out.mean_dots
             if out.dots:
                 projection += out.dots[0]
-        stats.mean_grads = mean_grads
+        if distributed:  # sums over the global batch: one all-reduce, one all-gather
+            weight = local_batch / stats.batch_size
+            summed = self.combiner.sum([m * weight for m in means] + (sgs if request.sgs else []))
+            means, sgs = summed[: len(means)], summed[len(means) :] or sgs
+            if request.dots:
+                dots = sum(
+                    rule.dots([means[index[n]] for n in names]).double() for rule, names in rules
+                )
+            norms, dots, projection = self.combiner.gather([norms, dots, projection])
+        stats.mean_grads = means
         if request.sgs:
             stats.sgs = sgs
         if want_norms:
-            stats.sq_norms = total_norms
+            stats.sq_norms = norms
         if request.dots:
-            stats.dots = total_dots
+            stats.dots = dots
         if direction is not None:
             stats.projection = projection
         if histograms:
@@ -356,8 +379,11 @@ class StatisticsEngine:
         budget = None if None in budgets else max(budgets)
         with_params = request.hist2d is not None
         first = budget if budget is None else min(budget, FIRST_ROUND)
-        sample = draw_elements(rules, first, self.generator, with_params)
-        population = sum(sample.population.values())
+        local_population = sum(
+            rule.batch_size * p.numel() for rule, _ in rules for p in rule.params
+        )
+        population = local_population * stats.batch_size // self.local_batch
+        sample = draw_elements(rules, first, self.sample_generator, with_params, population)
         rms = math.sqrt(float(stats.sq_norms.sum()) / population) if population else 0.0
 
         def grad_range(spec: HistogramRequest | None) -> tuple[float, float]:
@@ -367,26 +393,39 @@ class StatisticsEngine:
             return -half, half
 
         spec1 = request.hist1d or HistogramRequest(100, None, budget)
-        hist1 = histogram_1d(sample, *grad_range(spec1), int(spec1.bins))
-        binned = hist1["binned"]
-        if budget is not None and binned < population and budget > binned:
-            error = expected_l1(hist1)
+        low, high = grad_range(spec1)
+        table = self._table_1d(sample, low, high, int(spec1.bins))
+        drawn = int(table[:, -1].sum())
+        if budget is not None and drawn < population and budget > drawn:
+            error = expected_l1(table, int(spec1.bins))
             if error > TARGET_L1:
-                extra = min(budget - binned, math.ceil(binned * ((error / TARGET_L1) ** 2 - 1)))
-                more = draw_elements(rules, extra, self.generator, with_params)
-                hist1 = merge_1d(hist1, histogram_1d(more, *grad_range(spec1), int(spec1.bins)))
+                extra = min(budget - drawn, math.ceil(drawn * ((error / TARGET_L1) ** 2 - 1)))
+                more = draw_elements(rules, extra, self.sample_generator, with_params, population)
+                table = table + self._table_1d(more, low, high, int(spec1.bins))
                 sample.extend(more)
         if request.hist1d is not None:
-            stats.hist1d = hist1
+            populations = self.combiner.sum(
+                [torch.tensor([sample.population[n] for n in sample.values], dtype=torch.int64)]
+            )[0].tolist()
+            stats.hist1d = record_1d(
+                table, list(sample.values), populations, low, high, int(spec1.bins)
+            )
         if request.hist2d is not None:
             spec = request.hist2d
             values = torch.cat([p.detach().reshape(-1) for p in self.params])
-            low, high = float(values.min()), float(values.max())
-            if not (math.isfinite(low) and math.isfinite(high)):
-                low, high = -1.0, 1.0
-            if high <= low:
-                low, high = low - 0.5, high + 0.5
-            stats.hist2d = histogram_2d(sample, (low, high), grad_range(spec), tuple(spec.bins))
+            p_low, p_high = float(values.min()), float(values.max())
+            if not (math.isfinite(p_low) and math.isfinite(p_high)):
+                p_low, p_high = -1.0, 1.0
+            if p_high <= p_low:
+                p_low, p_high = p_low - 0.5, p_high + 0.5
+            bins = tuple(spec.bins)
+            counts = counts_2d(sample, (p_low, p_high), grad_range(spec), bins)
+            (counts,) = self.combiner.sum([counts])
+            stats.hist2d = record_2d(counts, population, (p_low, p_high), grad_range(spec), bins)
+
+    def _table_1d(self, sample, low: float, high: float, bins: int) -> Tensor:
+        (table,) = self.combiner.sum([counts_1d(sample, low, high, bins)])
+        return table
 
     def _curvature(self, request: Request, stats: Statistics, target: Tensor) -> None:
         model_input = self.capture.model_input
@@ -399,8 +438,9 @@ class StatisticsEngine:
 
         def hvp() -> HessianVectorProduct:  # one replayed graph serves every product
             if not products:
-                loss = replay_loss(self.model, self.loss_fn, model_input, target)
-                products.append(HessianVectorProduct(loss, self.params))
+                loss = replay_loss(self.replay_model, self.loss_fn, model_input, target)
+                weight = self.local_batch / stats.batch_size  # global batch: sum over ranks
+                products.append(HessianVectorProduct(loss, self.params, self.combiner, weight))
             return products[0]
 
         with self.capture.suspended():
@@ -416,7 +456,14 @@ class StatisticsEngine:
         """Exact diagonal by BackPACK where it applies, else a Hutchinson estimate (marked)."""
         if self.diagonal is not None:
             try:
-                stats.diagonal = self.diagonal(self.model, model_input, target, seed, self.names)
+                names = (
+                    [n.removeprefix("module.") for n in self.names]
+                    if _is_ddp(self.model)
+                    else (self.names)
+                )
+                local = self.diagonal(self.replay_model, model_input, target, seed, names)
+                weight = self.local_batch / stats.batch_size
+                stats.diagonal = self.combiner.sum([d * weight for d in local])
                 stats.diagonal_method = self.curvature
                 return
             except Exception as error:  # BackPACK raises for modules it does not support
@@ -452,15 +499,15 @@ class StatisticsEngine:
         return result
 
     def project(self, direction: list[Tensor]) -> Tensor | None:
-        """``g_n . v`` (float64, shape ``[B]``) for the recorded step, or ``None`` if unavailable."""
+        """``g_n . v`` (float64, shape ``[B]``, global batch) for the recorded step, or ``None``
+        if unavailable."""
         if not self._rules:
             return None
         index = {name: i for i, name in enumerate(self.names)}
-        total = None
-        for rule, names in self._rules:
-            dots = rule.dots([direction[index[n]] for n in names]).double()
-            total = dots if total is None else total + dots
-        return total
+        local = sum(
+            rule.dots([direction[index[n]] for n in names]).double() for rule, names in self._rules
+        )
+        return self.combiner.gather([local])[0]
 
     def release(self) -> None:
         """Free everything recorded at this step."""
@@ -507,3 +554,7 @@ def _functional_ancestor(slot, slots):
 def _unflatten(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
     pieces = vector.split([p.numel() for p in like])
     return [piece.reshape(p.shape).to(p.dtype) for piece, p in zip(pieces, like)]
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)

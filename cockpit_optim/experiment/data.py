@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .config import ConfigError
+
 __all__ = [
     "DATASETS",
     "Data",
@@ -94,7 +96,7 @@ def _scaled(train: Split, test: Split, info: DataInfo, scaling: Any, maximum: fl
         pixels = train.inputs.to(torch.float64).transpose(0, 1).reshape(channels, -1)
         offset, divisor = pixels.mean(1), pixels.std(1).clamp_min(1e-12)
     else:
-        raise ValueError(f"unknown scaling {scaling!r}; choose raw, unit or standard")
+        raise ConfigError(f"unknown scaling {scaling!r}; choose raw, unit or standard")
     shape = (channels, 1, 1)
     return Data(train, test, info, offset.float().view(shape), divisor.float().view(shape))
 
@@ -116,7 +118,7 @@ def digits(cfg: Any) -> Data:
     order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(labels)))
     n_test = round(cfg.test_fraction * len(labels))
     if not 0 < n_test < len(labels):
-        raise ValueError(f"data.test_fraction={cfg.test_fraction} leaves an empty split")
+        raise ConfigError(f"data.test_fraction={cfg.test_fraction} leaves an empty split")
     test, train = order[:n_test], order[n_test:]
     info = DataInfo((1, 8, 8), 10, "classification")
     return _scaled(
@@ -260,7 +262,7 @@ DATASETS: dict[str, Callable[[Any], Data]] = {
 def load_data(cfg: Any) -> Data:
     """The data set ``cfg.name`` (a ``data`` config), cut to ``cfg.train_subset`` examples."""
     if cfg.name not in DATASETS:
-        raise ValueError(f"unknown data set {cfg.name!r}; valid: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"unknown data set {cfg.name!r}; valid: {', '.join(sorted(DATASETS))}")
     data = DATASETS[cfg.name](cfg)
     data.train = data.train.head(cfg.train_subset)
     return data

@@ -1,0 +1,74 @@
+"""Worker processes for the distributed tests (importable by spawned interpreters)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from models import make_problem
+from torch.nn.parallel import DistributedDataParallel
+
+from cockpit_optim import MonitoredOptimizer
+
+STEPS = 4
+GLOBAL_BATCH = 12
+
+
+class HalveOnNoise:
+    """A deterministic test controller: halves the lr when NormTest exceeds a threshold."""
+
+    instruments = ("NormTest",)
+
+    def observe(self, record, optimizer):
+        if record["NormTest"] > 0.5:
+            old = optimizer.param_groups[0]["lr"]
+            optimizer.param_groups[0]["lr"] = old / 2
+            return [{"controller": "HalveOnNoise", "what": "lr", "from": old, "to": old / 2,
+                     "why": f"NormTest={record['NormTest']:.6f} > 0.5"}]
+        return []
+
+
+def global_batches(problem: str):
+    _, _, batch = make_problem(problem)
+    gen = torch.Generator().manual_seed(11)
+    return [batch(gen, GLOBAL_BATCH) for _ in range(STEPS)]
+
+
+def train(model, problem, batches, log_dir=None, shard=None, state=None, steps=None):
+    _, loss_fn, _ = make_problem(problem)
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             instruments="full", log_dir=log_dir, controllers=[HalveOnNoise()])
+    if state is not None:
+        opt.load_state_dict(state)
+    start = opt.step_count
+    for x, y in batches[start : steps if steps is not None else len(batches)]:
+        if shard is not None:
+            x, y = x.chunk(shard[1])[shard[0]], y.chunk(shard[1])[shard[0]]
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return opt
+
+
+def worker(rank: int, world: int, port: int, problem: str, out: str, log_dir: str) -> None:
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        batches = global_batches(problem)
+        model, _, _ = make_problem(problem)
+        ddp = DistributedDataParallel(model)
+        opt = train(ddp, problem, batches, log_dir=log_dir, shard=(rank, world))
+        # resume: two steps, save, continue in fresh objects
+        model2, _, _ = make_problem(problem)
+        ddp2 = DistributedDataParallel(model2)
+        first = train(ddp2, problem, batches, shard=(rank, world), steps=2)
+        state = {"model": ddp2.state_dict(), "opt": first.state_dict()}
+        model3, _, _ = make_problem(problem, seed=5)
+        ddp3 = DistributedDataParallel(model3)
+        ddp3.load_state_dict(state["model"])
+        resumed = train(ddp3, problem, batches, shard=(rank, world), state=state["opt"])
+        torch.save({"history": opt.history, "resumed": resumed.history,
+                    "params": [p.detach() for p in model.parameters()]}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
