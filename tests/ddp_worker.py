@@ -8,6 +8,7 @@ from models import make_problem
 from torch.nn.parallel import DistributedDataParallel
 
 from cockpit_optim import MonitoredOptimizer
+from cockpit_optim.instruments import FULL
 
 STEPS = 4
 GLOBAL_BATCH = 12
@@ -36,7 +37,8 @@ def global_batches(problem: str):
 def train(model, problem, batches, log_dir=None, shard=None, state=None, steps=None):
     _, loss_fn, _ = make_problem(problem)
     opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments="full", log_dir=log_dir, controllers=[HalveOnNoise()])
+                             instruments=[*FULL, "GradientNoiseScale"], log_dir=log_dir,
+                             controllers=[HalveOnNoise()])
     if state is not None:
         opt.load_state_dict(state)
     start = opt.step_count

@@ -7,6 +7,7 @@ import math
 import socket
 
 import pytest
+import reference as ref
 import torch
 import torch.multiprocessing as mp
 from ddp_worker import global_batches, train, worker
@@ -15,7 +16,8 @@ from models import make_problem
 from cockpit_optim import load_log
 
 SCALARS = ("Loss", "GradNorm", "Distance", "UpdateSize", "NormTest", "InnerTest", "OrthoTest",
-           "CABS", "EarlyStopping", "MeanGSNR", "HessTrace", "TICDiag", "TICTrace", "lr")
+           "CABS", "EarlyStopping", "MeanGSNR", "HessTrace", "TICDiag", "TICTrace", "lr",
+           "GradientNoiseScale_trace", "GradientNoiseScale_signal")
 
 
 def _free_port() -> int:
@@ -65,5 +67,17 @@ def test_ddp_readings_equal_single_process_on_the_global_batch(world, tmp_path):
     for p, q in zip(results[0]["params"], model.parameters()):
         torch.testing.assert_close(p, q.detach(), rtol=1e-9, atol=1e-12)
     assert any("actions" in r for r in reference)  # the controller did act
+    # two-batch noise scale at step 0: per-rank against global gradients (McCandlish et al.)
+    fresh, loss_fn, _ = make_problem(problem)
+    x, y = global_batches(problem)[0]
+    params = ref.flat_params(fresh)
+    _, grads = ref.individual(fresh, loss_fn, params, x, y)
+    small = torch.stack([chunk.mean(0).square().sum() for chunk in grads.chunk(world)]).mean()
+    big, b, B = float(grads.mean(0).square().sum()), x.shape[0] // world, x.shape[0]
+    signal = (B * big - b * float(small)) / (B - b)
+    trace = (float(small) - big) / (1 / b - 1 / B)
+    first = results[0]["history"][0]
+    assert math.isclose(first["GradientNoiseScale_two_batch_signal"], signal, rel_tol=1e-6)
+    assert math.isclose(first["GradientNoiseScale_two_batch_trace"], trace, rel_tol=1e-6)
     logged = load_log(tmp_path / "log")
     assert [r["step"] for r in logged] == [r["step"] for r in reference]  # rank 0 only, once

@@ -149,3 +149,26 @@ def test_ggn_curvature_equals_hessian_for_relu_network_and_is_named():
     hessian = ref.dense_hessian(model, loss_fn, params, x, y)
     close(record["HessTrace"], float(torch.diagonal(hessian).sum()))
     assert record["curvature"] == "ggn"
+
+
+def test_gradient_noise_scale_matches_reference():
+    from cockpit_optim.instruments import noise_scale_average
+
+    model, loss_fn, opt, trace = run("mlp", "sgd", [8, 8, 8], 1,
+                                     instruments=["GradientNoiseScale"])
+    for record in opt.history:
+        params, x, y = trace[record["step"]]
+        _, grads = ref.individual(model, loss_fn, params, x, y)
+        b = grads.shape[0]
+        g = grads.mean(0)
+        trace_sigma = float(((grads - g) ** 2).sum()) / (b - 1)
+        signal = float(g @ g) - trace_sigma / b
+        close(record["GradientNoiseScale_trace"], trace_sigma)
+        close(record["GradientNoiseScale_signal"], signal)
+        if signal > 0:
+            close(record["GradientNoiseScale"], trace_sigma / signal)
+    averaged = noise_scale_average(opt.history, decay=0.5)
+    first = opt.history[0]
+    ratio = first["GradientNoiseScale_trace"] / first["GradientNoiseScale_signal"]
+    assert averaged[0] == pytest.approx(ratio) if ratio > 0 else math.isnan(averaged[0])
+    assert len(averaged) == len(opt.history)

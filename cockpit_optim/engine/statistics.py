@@ -116,6 +116,8 @@ class Statistics:
     alpha: Any = None
     projection: Tensor | None = None
     trace_stderr: float | None = None
+    rank_grad_sq_norm: float | None = None  # mean over ranks of ||g_rank||^2 (distributed only)
+    rank_batch_size: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @functools.cached_property
@@ -347,9 +349,13 @@ class StatisticsEngine:
             if out.dots:
                 projection += out.dots[0]
         if distributed:  # sums over the global batch: one all-reduce, one all-gather
+            local_sq = torch.stack([m.detach().double().square().sum() for m in means]).sum()
             weight = local_batch / stats.batch_size
             summed = self.combiner.sum([m * weight for m in means] + (sgs if request.sgs else []))
             means, sgs = summed[: len(means)], summed[len(means) :] or sgs
+            (rank_sq,) = self.combiner.sum([local_sq.reshape(1)])
+            stats.rank_grad_sq_norm = float(rank_sq) / self.combiner.world_size
+            stats.rank_batch_size = local_batch
             if request.dots:
                 dots = sum(
                     rule.dots([means[index[n]] for n in names]).double() for rule, names in rules

@@ -14,6 +14,7 @@ from .curvature import HessMaxEV, HessTrace, TICDiag, TICTrace
 from .gradient_tests import InnerTest, NormTest, OrthoTest
 from .histograms import GradHist1d, GradHist2d
 from .noise import CABS, EarlyStopping, MeanGSNR
+from .noise_scale import GradientNoiseScale, noise_scale_average
 
 REGISTRY: dict[str, type[Instrument]] = {
     cls.name: cls
@@ -36,6 +37,7 @@ REGISTRY: dict[str, type[Instrument]] = {
         TICTrace,
         HessMaxEV,
         GradHist2d,
+        GradientNoiseScale,
     )
 }
 
@@ -98,6 +100,7 @@ __all__ = [
     "GradHist1d",
     "GradHist2d",
     "GradNorm",
+    "GradientNoiseScale",
     "HessMaxEV",
     "HessTrace",
     "InnerTest",
@@ -113,5 +116,6 @@ __all__ = [
     "Unavailable",
     "UpdateSize",
     "fit_alpha",
+    "noise_scale_average",
     "resolve",
 ]
