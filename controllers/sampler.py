@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 __all__ = ["AdaptiveBatchSampler"]
@@ -33,6 +34,12 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
     current pass) to store the position of the first batch not yet used instead.
 
     ``len(sampler)`` is the number of batches of a whole epoch at the *current* batch size.
+
+    Data parallel: ``batch_size`` is the *global* batch size; with ``num_replicas`` ranks (by
+    default the ``torch.distributed`` world), every rank walks the same permutation and yields its
+    contiguous share of each global batch (``numpy.array_split`` order, rank 0 first), so the
+    shares concatenate to the global batch.  Keep the batch size divisible by the number of ranks
+    for equal shares (DistributedDataParallel averages the ranks' gradients).
     """
 
     def __init__(
@@ -43,8 +50,15 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         super().__init__()
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = int(num_replicas or (dist.get_world_size() if distributed else 1))
+        self.rank = int(rank if rank is not None else (dist.get_rank() if distributed else 0))
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
         num_samples = data_source if isinstance(data_source, int) else len(data_source)
         if num_samples < 1:
             raise ValueError(f"AdaptiveBatchSampler needs at least one sample, got {num_samples}")
@@ -85,7 +99,10 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
                 break
             self.position = min(start + size, self.num_samples)
             self._pass_starts.append(start)
-            yield order[start : self.position].tolist()
+            batch = order[start : self.position]
+            if self.num_replicas > 1:  # this rank's contiguous share of the global batch
+                batch = np.array_split(batch, self.num_replicas)[self.rank]
+            yield batch.tolist()
         self.epoch += 1
         self.position = 0
 

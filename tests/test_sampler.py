@@ -105,3 +105,13 @@ def test_bad_arguments():
         AdaptiveBatchSampler(0, 4)
     with pytest.raises(ValueError, match="num_samples"):
         AdaptiveBatchSampler(10, 4).load_state_dict(AdaptiveBatchSampler(11, 4).state_dict())
+
+
+def test_ranks_share_each_global_batch():
+    samplers = [AdaptiveBatchSampler(20, 6, seed=3, num_replicas=3, rank=r) for r in range(3)]
+    single = AdaptiveBatchSampler(20, 6, seed=3)
+    for shares, whole in zip(zip(*samplers), single):
+        assert [i for share in shares for i in share] == whole
+        assert all(len(share) in (len(whole) // 3, len(whole) // 3 + 1) for share in shares)
+    with pytest.raises(ValueError, match="rank"):
+        AdaptiveBatchSampler(20, 6, num_replicas=2, rank=2)
