@@ -425,3 +425,13 @@ def test_many_actions_are_grouped_by_controller():
     assert not [t for t in ax.texts if t.get_gid() == "action"]  # too many to write beside
     markers = [line for line in ax.get_lines() if line.get_marker() == "v"]
     assert [len(line.get_xdata()) for line in markers] == [9, 9]
+
+
+def test_noise_scale_panel_appears_only_when_tracked():
+    records = synthetic(n=4)
+    assert "GradientNoiseScale" not in by_label(plot(records))
+    for i, record in enumerate(records):
+        record["GradientNoiseScale"] = 10.0 * (i + 1)
+    ax = by_label(plot(records))["GradientNoiseScale"]
+    plotted = [value for collection in ax.collections for _, value in collection.get_offsets()]
+    assert sorted(plotted) == [10.0, 20.0, 30.0, 40.0]

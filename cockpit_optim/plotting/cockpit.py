@@ -113,7 +113,11 @@ def draw_cockpit(
 
     alpha = fig.add_subplot(outer[0, 0], label="Alpha")
     distance, update = _stacked(fig, outer[1, 0], ("Distance", "UpdateSize"))
-    grad_norm = fig.add_subplot(outer[2, 0], label="GradNorm")
+    noise = None
+    if any("GradientNoiseScale" in r for r in records):
+        grad_norm, noise = _stacked(fig, outer[2, 0], ("GradNorm", "GradientNoiseScale"))
+    else:
+        grad_norm = fig.add_subplot(outer[2, 0], label="GradNorm")
     tests_grid = outer[0, 1].subgridspec(1, 2, width_ratios=(1, 1.25), wspace=0.32)
     geometry = fig.add_subplot(tests_grid[0], label="GradientTests")
     history = fig.add_subplot(tests_grid[1], label="GradientTests history")
@@ -150,6 +154,13 @@ def draw_cockpit(
         "GradNorm",
         lambda: _series_panel(grad_norm, records, "GradNorm", view, r"$\Vert g\Vert$"),
     )
+    if noise is not None:
+        title(grad_norm, "GradNorm & noise scale", "critical batch size below")
+        guarded(
+            [noise],
+            "GradientNoiseScale",
+            lambda: _series_panel(noise, records, "GradientNoiseScale", view, r"$B_{simple}$"),
+        )
     guarded(
         [geometry, history],
         "Gradient tests",
@@ -173,7 +184,7 @@ def draw_cockpit(
         _series_panel(tic_trace, records, "TICTrace", view, "trace")
 
     guarded([tic_diag, tic_trace], "TIC", _tic)
-    for ax in (grad_norm, update, curvature[-1], tic_trace):
+    for ax in (noise if noise is not None else grad_norm, update, curvature[-1], tic_trace):
         if len(ax.get_xticks()):  # not a panel showing a message
             ax.set_xlabel("step")
     guarded([hyper], "Hyper-parameters", lambda: draw_hyperparameters(hyper, records, view))
