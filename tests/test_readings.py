@@ -172,3 +172,31 @@ def test_gradient_noise_scale_matches_reference():
     ratio = first["GradientNoiseScale_trace"] / first["GradientNoiseScale_signal"]
     assert averaged[0] == pytest.approx(ratio) if ratio > 0 else math.isnan(averaged[0])
     assert len(averaged) == len(opt.history)
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "bce", "ce"])
+def test_exact_diagonal_of_piecewise_linear_networks_for_each_loss(loss_name):
+    """ReLU/max-pool networks: the diagonal comes from GGN backward passes and is exact."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.LeakyReLU(0.1), torch.nn.Linear(5, 3),
+    )
+    loss_fn = {"mse": torch.nn.MSELoss(), "bce": torch.nn.BCEWithLogitsLoss(),
+               "ce": torch.nn.CrossEntropyLoss()}[loss_name]
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 1, 4, 4, generator=gen)
+    y = (torch.randint(0, 3, (6,), generator=gen) if loss_name == "ce"
+         else torch.rand(6, 3, generator=gen))
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             instruments=["HessTrace", "TICDiag", "TICTrace"])
+    params = ref.flat_params(model)
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    opt.step()
+    assert opt.engine._ggn_exact
+    record = opt.history[0]
+    _, grads = ref.individual(model, loss_fn, params, x, y)
+    expected = ref.curvature(ref.dense_hessian(model, loss_fn, params, x, y), grads)
+    for key in ("HessTrace", "TICDiag", "TICTrace"):
+        close(record[key], expected[key], rtol=1e-8)

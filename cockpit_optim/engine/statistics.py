@@ -23,6 +23,8 @@ from .curvature import (
 )
 from .distributed import LocalCombiner
 from .functional import functional_rule
+from .ggn import ggn_diagonal
+from .ggn import supports as ggn_supports
 from .histograms import counts_1d, counts_2d, draw_elements, expected_l1, record_1d, record_2d
 from .layers import LayerRule, MaterializedRule
 from .losses import individual_losses
@@ -179,6 +181,7 @@ class StatisticsEngine:
         self.hutchinson_probes = hutchinson_probes
         self.batchnorm_approximation = batchnorm_approximation
         self._warned_estimate = False
+        self._ggn_exact = diagonal and ggn_supports(self.replay_model, loss_fn, curvature)
         if diagonal and isinstance(self.replay_model, nn.Sequential):
             self.diagonal = DiagonalCurvature(self.replay_model, loss_fn, curvature)
         elif diagonal:
@@ -459,7 +462,16 @@ class StatisticsEngine:
                     stats.unavailable["max_eigenvalue"] = f"Lanczos failed ({error})"
 
     def _diagonal(self, stats: Statistics, model_input, target: Tensor, seed: int, hvp) -> None:
-        """Exact diagonal by BackPACK where it applies, else a Hutchinson estimate (marked)."""
+        """Exact diagonal: by GGN backward passes for sequences of Linear/Conv layers (where it
+        equals the requested diagonal), else by BackPACK where it applies, else a Hutchinson
+        estimate (marked)."""
+        if self._ggn_exact:
+            by_id = ggn_diagonal(self.replay_model, self.loss_fn, model_input, target)
+            if by_id is not None:
+                weight = self.local_batch / stats.batch_size
+                stats.diagonal = self.combiner.sum([by_id[id(p)] * weight for p in self.params])
+                stats.diagonal_method = self.curvature
+                return
         if self.diagonal is not None:
             try:
                 names = (

@@ -52,11 +52,13 @@ class GradientNoiseScale(Instrument):
             g_small, g_big = stats.rank_grad_sq_norm, stats.grad_sq_norm
             signal2 = (big * g_big - small * g_small) / (big - small)
             trace2 = (g_small - g_big) / (1 / small - 1 / big)
-            out.update({
-                "GradientNoiseScale_two_batch": trace2 / signal2 if signal2 > 0 else math.nan,
-                "GradientNoiseScale_two_batch_trace": trace2,
-                "GradientNoiseScale_two_batch_signal": signal2,
-            })
+            out.update(
+                {
+                    "GradientNoiseScale_two_batch": trace2 / signal2 if signal2 > 0 else math.nan,
+                    "GradientNoiseScale_two_batch_trace": trace2,
+                    "GradientNoiseScale_two_batch_signal": signal2,
+                }
+            )
         return out
 
 
