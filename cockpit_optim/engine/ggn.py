@@ -143,8 +143,7 @@ def ggn_diagonal(
         grads = torch.autograd.grad(h, outputs, grad_outputs=root / batch, retain_graph=True)
         for module, u, grad in zip(layers, patches, grads):
             rule = SharedLinearRule(module.weight, module.bias, u, _deltas(module, grad))
-            sums = rule.reduce(sq_norms=False, sgs=True, mean_dots=False).sgs
-            for param, value in zip(rule.params, sums):
+            for param, value in zip(rule.params, rule.second_moments()):
                 key = id(param)
                 diagonal[key] = diagonal[key] + value if key in diagonal else value
     return {key: value / batch for key, value in diagonal.items()}

@@ -135,6 +135,23 @@ class SharedLinearRule(LayerRule):
             total = total + self._bias_samples() @ direction[1].reshape(-1)
         return total
 
+    def second_moments(self) -> list[Tensor]:
+        """``sum_n g_n^2`` per coordinate alone (no means, norms or dots), materializing the
+        weight's individual gradients in blocks only for shared weights."""
+        batch, p, positions = self.u.shape
+        o = self.d.shape[1]
+        scaled = self.scale * self.d
+        if positions == 1:
+            weight = scaled[:, :, 0].square().T @ self.u[:, :, 0].square()
+        else:
+            weight = self.u.new_zeros(o, p)
+            for block in _blocks(batch, o * p):
+                weight += torch.bmm(scaled[block], self.u[block].transpose(1, 2)).square_().sum(0)
+        out = [weight.reshape(self.weight.shape)]
+        if self.bias is not None:
+            out.append(scaled.sum(2).square().sum(0).reshape(self.bias.shape))
+        return out
+
     def reduce(self, *, sq_norms, sgs, mean_dots, directions=()):
         batch, p, positions = self.u.shape
         o = self.d.shape[1]
