@@ -85,6 +85,10 @@ class MonitoredOptimizer(Optimizer):
                 if name not in {i.name for i in self.instruments}:
                     self.instruments.extend(resolve([name]))
         self.schedule = as_schedule(track)
+        # A controller with its own ``track`` schedule gets records at those steps as well.
+        self._schedules = [self.schedule] + [
+            as_schedule(c.track) for c in self.controllers if getattr(c, "track", None) is not None
+        ]
         self._combiner = combiner_for(process_group)
         rank = self._combiner.rank
         self._generator = torch.Generator().manual_seed(seed)  # the same on every rank
@@ -210,7 +214,10 @@ class MonitoredOptimizer(Optimizer):
         return options
 
     def _records_at(self, step: int) -> bool:
-        return bool(self.schedule(step)) and self._request.captures
+        return self._tracked(step) and self._request.captures
+
+    def _tracked(self, step: int) -> bool:
+        return any(schedule(step) for schedule in self._schedules)
 
     def _arm(self) -> None:
         """Record the next step's forward/backward only if that step needs it."""
@@ -225,7 +232,7 @@ class MonitoredOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         t = self._step
-        tracked = bool(self.schedule(t))
+        tracked = self._tracked(t)
         if self._theta0 is None and self._request.distance:  # theta_0: at the first step() call
             self._theta0 = [p.detach().clone() for p in self._params]
         try:

@@ -3,7 +3,9 @@
 A controller is a small object that reads complete records and may act on the training run:
 
 * ``instruments``: names of the readings it needs; :class:`~cockpit_optim.MonitoredOptimizer`
-  tracks them automatically (at the steps its ``track`` schedule selects).
+  tracks them automatically.
+* ``track`` (optional): an interval or schedule of the steps at which the controller needs
+  records; the optimizer then tracks at those steps too (in addition to its own schedule).
 * ``observe(record, optimizer) -> list[Action]``: called once per complete record, in the order the
   controllers were given.  ``record`` holds ``"step"``, ``"lr"``, ``"batch_size"`` and one key per
   instrument (``nan`` when undefined).  The record of step ``t`` is complete during step ``t + 1``
@@ -58,6 +60,9 @@ class Controller(ABC):
 
     #: Names of the readings this controller needs (tracked automatically).
     instruments: tuple[str, ...] = ()
+    #: Steps at which it needs records (an interval or ``step -> bool``); ``None``: the
+    #: optimizer's own schedule.
+    track: Any = None
 
     @abstractmethod
     def observe(self, record: Mapping[str, Any], optimizer: Steerable) -> list[Action]:

@@ -405,3 +405,26 @@ def test_batchnorm_train_mode_opt_in_approximation_is_marked():
     step_with(opt, model, loss_fn, x, y)
     step_with(opt, model, loss_fn, x, y)
     assert "approximate" not in opt.history[-1]
+
+
+def test_a_controller_schedule_adds_tracked_steps():
+    class EveryStep:
+        instruments = ("NormTest",)
+        track = 1
+
+        def __init__(self):
+            self.seen = []
+
+        def observe(self, record, optimizer):
+            self.seen.append(record["step"])
+            return []
+
+    model, loss_fn, batch = make_problem("mlp")
+    watcher = EveryStep()
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             instruments=["Loss"], track=100, controllers=[watcher])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        step_with(opt, model, loss_fn, *batch(gen, 5))
+    assert watcher.seen == [0, 1, 2, 3]
+    assert all(math.isfinite(r["NormTest"]) for r in opt.history)
