@@ -6,17 +6,17 @@ STAMP := $(VENV)/.installed
 # torch comes from the machine's local wheel cache where one exists (CPU use is enough).
 TORCH_SPEC ?= torch>=2.2
 
-.PHONY: demo test lint benchmark clean
+.PHONY: demo test lint benchmark reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,vision]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/demo.py
+	$(PY) experiments/train.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -27,6 +27,12 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) experiments/benchmark_overhead.py
+	$(PY) experiments/benchmark_histogram.py
+
+reproduce: $(STAMP)
+	for script in scaled_inputs vanishing_gradients learning_rates figure1 convex_vs_deep; do \
+		$(PY) experiments/reproduce/$$script.py || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,9 @@
-"""Demo: a small CNN on scikit-learn's bundled 8x8 digits, tracked with the full cockpit.
+"""The bare API in a hand-written loop: the small CNN on scikit-learn's bundled 8x8 digits,
+tracked with the full cockpit, no Hydra.
 
-Prints a table of the newest readings and writes the log to ``demo_log/cockpit.jsonl``.
-Run with ``make demo`` (or ``python experiments/demo.py --steps 300``).
+Prints a table of the first and newest readings and writes the log to ``demo_log/cockpit.jsonl``.
+``make demo`` runs the configured entry point ``experiments/train.py`` instead (same model and data);
+run this one with ``python experiments/demo.py --steps 300``.
 """
 
 from __future__ import annotations
@@ -12,34 +14,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits
-from torch import nn
 from tqdm import tqdm
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning, load_log, schedules
-
-
-def digits(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    return x[order], y[order]
-
-
-def small_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 2 * 2, 32),
-        nn.ReLU(),
-        nn.Linear(32, 10),
-    )
+from cockpit_optim.experiment import build_model, load_data
+from cockpit_optim.experiment.config import DigitsCNNConfig, DigitsConfig
 
 
 def summarize(record: dict) -> list[tuple[str, str]]:
@@ -65,8 +44,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    x, y = digits(args.seed)
-    model, loss_fn = small_cnn(), nn.CrossEntropyLoss()
+    data = load_data(DigitsConfig(seed=args.seed))
+    x, y = data.batch(data.train, slice(None))
+    model, loss_fn = build_model(DigitsCNNConfig(), data.info), data.loss_fn()
     log_dir = Path(args.log_dir)
     (log_dir / "cockpit.jsonl").unlink(missing_ok=True)
     opt = MonitoredOptimizer(
@@ -88,8 +68,13 @@ def main() -> None:
 
     with torch.no_grad():
         accuracy = float((model(x).argmax(1) == y).float().mean())
+        test_x, test_y = data.batch(data.test, slice(None))
+        test_accuracy = float((model(test_x).argmax(1) == test_y).float().mean())
     records = load_log(log_dir)
-    print(f"\n{len(records)} records in {log_dir / 'cockpit.jsonl'}; train accuracy {accuracy:.3f}")
+    print(
+        f"\n{len(records)} records in {log_dir / 'cockpit.jsonl'}; train accuracy {accuracy:.3f}, "
+        f"test accuracy {test_accuracy:.3f}"
+    )
     first, last = records[0], records[-1]
     print(
         f"\n{'reading':<16}{'first (step ' + str(first['step']) + ')':>22}"

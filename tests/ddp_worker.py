@@ -74,3 +74,22 @@ def worker(rank: int, world: int, port: int, problem: str, out: str, log_dir: st
                     "params": [p.detach() for p in model.parameters()]}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def train_worker(rank: int, world: int, port: int, run_dir: str, overrides: list[str]) -> None:
+    """One ``torchrun``-like process of ``experiments/train.py``'s trainer."""
+    import os
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from cockpit_optim.experiment import register_configs, train
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
+    register_configs()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    summary = train(cfg, run_dir)
+    torch.save(summary["final"], f"{run_dir}/final_rank{rank}.pt")

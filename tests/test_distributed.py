@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import socket
+from pathlib import Path
 
 import pytest
 import reference as ref
@@ -81,3 +82,34 @@ def test_ddp_readings_equal_single_process_on_the_global_batch(world, tmp_path):
     assert math.isclose(first["GradientNoiseScale_two_batch_trace"], trace, rel_tol=1e-6)
     logged = load_log(tmp_path / "log")
     assert [r["step"] for r in logged] == [r["step"] for r in reference]  # rank 0 only, once
+
+
+@pytest.mark.slow
+def test_train_entry_point_under_two_processes_matches_one(tmp_path):
+    """What ``torchrun --nproc_per_node=2 experiments/train.py`` runs: the same final model as
+    one process on the same global batches; only rank 0 writes."""
+    from ddp_worker import train_worker
+    from hydra import compose, initialize_config_dir
+
+    from cockpit_optim.experiment import register_configs, train
+
+    overrides = ["trainer.progress=false", "trainer.threads=1", "trainer.steps=12",
+                 "trainer.eval_every=6", "cockpit=economy", "cockpit.track.schedule=interval",
+                 "cockpit.track.interval=3", "model=mlp"]
+    parallel = tmp_path / "parallel"
+    mp.spawn(train_worker, args=(2, _free_port(), str(parallel), overrides), nprocs=2, join=True)
+    register_configs()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    torch.set_default_dtype(torch.float32)  # as in the spawned processes
+    single = train(cfg, tmp_path / "single")["final"]
+    for rank in range(2):
+        final = torch.load(parallel / f"final_rank{rank}.pt")
+        for key, value in single.items():
+            assert math.isclose(final[key], value, rel_tol=1e-5, abs_tol=1e-6), key
+    ours, theirs = load_log(parallel), load_log(tmp_path / "single")
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    for a, b in zip(ours, theirs):
+        assert math.isclose(a["NormTest"], b["NormTest"], rel_tol=1e-3), a["step"]
+    assert (parallel / "summary.json").exists() and (parallel / "cockpit.png").exists()

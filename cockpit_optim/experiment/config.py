@@ -18,18 +18,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ..instruments import CONFIGURATIONS, REGISTRY
 
 __all__ = [
-    "Activation",
-    "CockpitConfig",
+    "SCHEMAS",
     "ConfigError",
-    "ControllerConfig",
-    "DataConfig",
-    "ModelConfig",
-    "OptimizerConfig",
-    "Scaling",
-    "TrackConfig",
-    "TrackSchedule",
     "TrainConfig",
-    "TrainerConfig",
     "instrument_names",
     "register_configs",
     "validate",
@@ -41,8 +32,6 @@ class ConfigError(ValueError):
 
 
 class Activation(str, Enum):
-    """Non-linearity of the models that have one."""
-
     relu = "relu"
     sigmoid = "sigmoid"
     tanh = "tanh"
@@ -58,16 +47,12 @@ class Scaling(str, Enum):
     standard = "standard"
 
 
-class TrackSchedule(str, Enum):
-    """Tracking schedule of the cockpit (see :mod:`cockpit_optim.schedules`)."""
-
+class TrackSchedule(str, Enum):  # see cockpit_optim.schedules
     interval = "interval"
     logarithmic = "logarithmic"
 
 
-class GradientTest(str, Enum):
-    """Test of :class:`~cockpit_optim.controllers.GradientTestBatchSize`."""
-
+class GradientTest(str, Enum):  # of GradientTestBatchSize
     norm = "norm"
     augmented = "augmented"
 
@@ -241,7 +226,7 @@ class AdamWConfig(AdamConfig):
 class TrackConfig:
     schedule: TrackSchedule = TrackSchedule.logarithmic
     interval: int = 1  # schedule=interval: every interval-th step
-    points: int = 200  # schedule=logarithmic: about this many steps, log-spaced over the run
+    points: int = 400  # schedule=logarithmic: about this many steps, log-spaced over the run
 
 
 @dataclass
@@ -251,7 +236,7 @@ class CockpitConfig:
     name: str = MISSING
     instruments: list[str] = field(default_factory=list)
     track: TrackConfig = field(default_factory=TrackConfig)
-    plot_every: int | None = None  # redraw cockpit.png every N records while training
+    plot_every: int | None = 100  # redraw cockpit.png every N records while training
     layerwise: bool = True  # also draw cockpit_layerwise.png at the end
 
 
@@ -312,9 +297,9 @@ class EarlyStoppingConfig(ControllerConfig):
 class TrainerConfig:
     """Training length (exactly one of ``steps`` / ``epochs``), evaluation and checkpoints."""
 
-    steps: int | None = 1000
+    steps: int | None = 2000
     epochs: int | None = None
-    eval_every: int = 100  # evaluate at the first record at or after every eval_every steps
+    eval_every: int = 50  # these steps are tracked too; their records carry the metrics
     eval_samples: int | None = None  # evaluate on at most N examples of each split
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
@@ -336,36 +321,23 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
 
 
+def _by_name(*schemas: type) -> dict[str, type]:
+    return {schema.name: schema for schema in schemas}
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {
-        "digits": DigitsConfig,
-        "noisy_quadratic": NoisyQuadraticConfig,
-        "synthetic": SyntheticConfig,
-        "sequence": SequenceConfig,
-        "torchvision": TorchvisionConfig,
+        **_by_name(DigitsConfig, NoisyQuadraticConfig, SyntheticConfig, SequenceConfig),
+        "torchvision": TorchvisionConfig,  # mnist, fashion_mnist, cifar10, cifar100
     },
-    "model": {
-        "mlp": MLPConfig,
-        "logreg": LogRegConfig,
-        "3c3d": C3D3Config,
-        "digits_cnn": DigitsCNNConfig,
-        "allcnnc": AllCNNCConfig,
-        "transformer": TransformerConfig,
-    },
-    "optimizer": {
-        "sgd": SGDConfig,
-        "momentum": MomentumConfig,
-        "adam": AdamConfig,
-        "adamw": AdamWConfig,
-    },
+    "model": _by_name(
+        MLPConfig, LogRegConfig, C3D3Config, DigitsCNNConfig, AllCNNCConfig, TransformerConfig
+    ),
+    "optimizer": _by_name(SGDConfig, MomentumConfig, AdamConfig, AdamWConfig),
     "cockpit": {"cockpit": CockpitConfig},
-    "controller": {
-        "none": NoControllerConfig,
-        "cabs": CABSConfig,
-        "gradient_test": GradientTestConfig,
-        "alpha_lr": AlphaLRConfig,
-        "early_stopping": EarlyStoppingConfig,
-    },
+    "controller": _by_name(
+        NoControllerConfig, CABSConfig, GradientTestConfig, AlphaLRConfig, EarlyStoppingConfig
+    ),
     "trainer": {"trainer": TrainerConfig},
 }
 
@@ -412,11 +384,21 @@ def _check_name(cfg: Any, group: str, names) -> None:
         )
 
 
-def _positive(value: Any, key: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value}")
+# integer settings that must be positive; those marked True may also be null
+POSITIVE = {
+    "trainer.steps": True,
+    "trainer.epochs": True,
+    "trainer.eval_every": False,
+    "trainer.eval_samples": True,
+    "trainer.checkpoint_every": True,
+    "trainer.threads": True,
+    "data.batch_size": False,
+    "data.eval_batch_size": False,
+    "data.train_subset": True,
+    "cockpit.track.interval": False,
+    "cockpit.track.points": False,
+    "cockpit.plot_every": True,
+}
 
 
 def validate(cfg: DictConfig | TrainConfig) -> None:
@@ -440,18 +422,10 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
             f"(got steps={trainer.steps}, epochs={trainer.epochs}); e.g. trainer.epochs=5 "
             "trainer.steps=null"
         )
-    _positive(trainer.steps, "trainer.steps", allow_none=True)
-    _positive(trainer.epochs, "trainer.epochs", allow_none=True)
-    _positive(trainer.eval_every, "trainer.eval_every")
-    _positive(trainer.eval_samples, "trainer.eval_samples", allow_none=True)
-    _positive(trainer.checkpoint_every, "trainer.checkpoint_every", allow_none=True)
-    _positive(trainer.threads, "trainer.threads", allow_none=True)
-    _positive(cfg.data.batch_size, "data.batch_size")
-    _positive(cfg.data.eval_batch_size, "data.eval_batch_size")
-    _positive(cfg.data.train_subset, "data.train_subset", allow_none=True)
-    _positive(cfg.cockpit.track.interval, "cockpit.track.interval")
-    _positive(cfg.cockpit.track.points, "cockpit.track.points")
-    _positive(cfg.cockpit.plot_every, "cockpit.plot_every", allow_none=True)
+    for key, optional in POSITIVE.items():
+        value = OmegaConf.select(cfg, key)
+        if not (value is None and optional) and (value is None or value < 1):
+            raise ConfigError(f"{key} must be a positive integer, got {value}")
     if trainer.device != "auto":
         try:
             torch.device(trainer.device)

@@ -199,8 +199,12 @@ TORCHVISION = {
 
 
 def _torchvision_class(name: str) -> type:
-    import torchvision.datasets
-
+    try:
+        import torchvision.datasets
+    except ImportError as error:
+        raise ConfigError(
+            f"data={name} reads its files with torchvision: pip install torchvision"
+        ) from error
     return getattr(torchvision.datasets, TORCHVISION[name][0])
 
 

@@ -2,12 +2,12 @@
 checkpoints, resume, pictures and ``summary.json`` in one run folder.
 
 Evaluation metrics live in the records.  :class:`Evaluator` is passed to the optimizer as the first
-controller, so it sees every record as it completes and before it is appended to ``opt.history``
-and written to ``cockpit.jsonl``: at the first record at or after every ``eval_every`` steps it adds
-``train_loss``, ``test_loss`` (and ``train_accuracy``, ``test_accuracy`` for classification),
-measured on the parameters after that record's update.  History, log and plot thus hold one record
-stream, and a resumed run (whose optimizer drops incomplete records from the log) neither loses
-nor duplicates metrics.
+controller: its ``track`` schedule makes every ``eval_every``-th step a tracked step (in addition to
+the cockpit's schedule), and it sees each record as it completes, before the record is appended to
+``opt.history`` and written to ``cockpit.jsonl``.  It adds ``train_loss``, ``test_loss`` (and
+``train_accuracy``, ``test_accuracy`` for classification), measured on the parameters after that
+step's update.  History, log and plot thus hold one record stream, and a resumed run (whose
+optimizer drops incomplete records from the log) neither loses nor duplicates metrics.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ..controllers import (
 )
 from .config import ConfigError, instrument_names, validate
 from .data import Data, load_data
+from .distributed import join, leave, wrap
 from .models import build_model, num_parameters
 
 __all__ = [
@@ -54,76 +55,49 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 
-OPTIMIZERS: dict[str, Callable[[Any, Any], torch.optim.Optimizer]] = {
-    "sgd": lambda cfg, params: torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "momentum": lambda cfg, params: torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    ),
-    "adam": lambda cfg, params: torch.optim.Adam(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-    ),
-    "adamw": lambda cfg, params: torch.optim.AdamW(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-    ),
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "momentum": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
 }
+CONTROLLERS: dict[str, type | None] = {
+    "none": None,
+    "cabs": CABSBatchSize,
+    "gradient_test": GradientTestBatchSize,
+    "alpha_lr": AlphaLR,
+    "early_stopping": EvidenceEarlyStopping,
+}
+
+
+def _options(cfg: Any) -> dict[str, Any]:
+    """The fields of a group config but ``name`` as keyword arguments (lists become tuples)."""
+    options = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    options.pop("name")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
 
 
 def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer of an ``optimizer`` config."""
-    return OPTIMIZERS[cfg.name](cfg, params)
-
-
-def _cap(value: int | None, size: int) -> int:
-    return size if value is None else min(int(value), size)
-
-
-CONTROLLERS: dict[str, Callable[[Any, AdaptiveBatchSampler], list]] = {
-    "none": lambda cfg, sampler: [],
-    "cabs": lambda cfg, sampler: [
-        CABSBatchSize(
-            sampler,
-            factor=cfg.factor,
-            smoothing=cfg.smoothing,
-            min_batch_size=min(cfg.min_batch_size, sampler.num_samples),
-            max_batch_size=_cap(cfg.max_batch_size, sampler.num_samples),
-            loss_floor=cfg.loss_floor,
-        )
-    ],
-    "gradient_test": lambda cfg, sampler: [
-        GradientTestBatchSize(
-            sampler,
-            test=str(getattr(cfg.test, "value", cfg.test)),
-            theta=cfg.theta,
-            nu=DEFAULT_NU if cfg.nu is None else cfg.nu,
-            max_batch_size=_cap(cfg.max_batch_size, sampler.num_samples),
-            average_over=cfg.average_over,
-        )
-    ],
-    "alpha_lr": lambda cfg, sampler: [
-        AlphaLR(
-            target=cfg.target,
-            window=cfg.window,
-            dead_band=cfg.dead_band,
-            max_change=tuple(cfg.max_change),
-            bounds=tuple(cfg.bounds),
-            warmup=cfg.warmup,
-            blowup=cfg.blowup,
-            loss_smoothing=cfg.loss_smoothing,
-        )
-    ],
-    "early_stopping": lambda cfg, sampler: [
-        EvidenceEarlyStopping(window=cfg.window, patience=cfg.patience, min_steps=cfg.min_steps)
-    ],
-}
+    """The ``torch.optim`` optimizer of an ``optimizer`` config (its fields are the keywords)."""
+    return OPTIMIZERS[cfg.name](params, **_options(cfg))
 
 
 def build_controllers(cfg: Any, sampler: AdaptiveBatchSampler) -> list:
-    """The controllers of a ``controller`` config; batch sizes are capped at the data set size."""
-    return CONTROLLERS[cfg.name](cfg, sampler)
+    """The controllers of a ``controller`` config (its fields are the keywords); batch-size
+    controllers drive ``sampler``, their batch sizes capped at the training set size."""
+    cls = CONTROLLERS[cfg.name]
+    if cls is None:
+        return []
+    options = _options(cfg)
+    if cls in (CABSBatchSize, GradientTestBatchSize):
+        size = sampler.num_samples
+        options["max_batch_size"] = min(options["max_batch_size"] or size, size)
+        if "min_batch_size" in options:
+            options["min_batch_size"] = min(options["min_batch_size"], size)
+        if options.get("nu", DEFAULT_NU) is None:
+            options["nu"] = DEFAULT_NU
+        return [cls(sampler, **options)]
+    return [cls(**options)]
 
 
 @torch.no_grad()
@@ -162,11 +136,14 @@ def _to(batch: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
 
 
 class Evaluator:
-    """Adds evaluation metrics to the first record at or after every ``every`` steps (an observer
-    in the controller protocol: it reads records and takes no action)."""
+    """Adds evaluation metrics to the first record at or after every ``every`` steps; ``track``
+    (the steps it asks the optimizer to record) selects those steps.  An observer in the
+    controller protocol: it reads records and takes no action."""
 
-    def __init__(self, measure: Callable[[], dict[str, float]], every: int) -> None:
-        self.measure, self.every = measure, int(every)
+    def __init__(
+        self, measure: Callable[[], dict[str, float]], every: int, track: schedules.Schedule
+    ) -> None:
+        self.measure, self.every, self.track = measure, int(every), track
         self.next_step = 0
 
     def observe(self, record: dict, optimizer: Any) -> list:
@@ -197,12 +174,6 @@ class _Before:
         return f"{self.schedule!r} before step {self.end}"
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Trainer:
     """One training run in ``run_dir`` (``cockpit.jsonl``, ``checkpoint.pt``, PNGs, ``summary.json``)."""
 
@@ -213,10 +184,11 @@ class Trainer:
         trainer = cfg.trainer
         if trainer.threads is not None:
             torch.set_num_threads(trainer.threads)
-        self.device = _device(trainer.device)
+        self.launch, self.device = join(trainer.device)
         torch.manual_seed(trainer.seed)
         self.data = load_data(cfg.data)
-        self.model = build_model(cfg.model, self.data.info).to(self.device)
+        self.net = build_model(cfg.model, self.data.info).to(self.device)
+        self.model = wrap(self.net, self.launch, self.device)  # DDP under torchrun
         self.dtype = next(self.model.parameters()).dtype
         self.loss_fn = self.data.loss_fn()
         self.sampler = AdaptiveBatchSampler(
@@ -228,19 +200,21 @@ class Trainer:
                 "training examples"
             )
         self.total_steps = trainer.steps or trainer.epochs * len(self.sampler)
-        self.evaluator = Evaluator(self._measure, trainer.eval_every)
-        controllers = [self.evaluator, *build_controllers(cfg.controller, self.sampler)]
+        controllers = build_controllers(cfg.controller, self.sampler)
         names = instrument_names(list(cfg.cockpit.instruments))
-        self.log_steps = bool(names) and cfg.cockpit.track.schedule == "logarithmic"
-        reads_alpha = "Alpha" in names or any("Alpha" in c.instruments for c in controllers[1:])
+        read = {*names, *(n for c in controllers for n in c.instruments)}
+        self.log_steps = bool(read) and cfg.cockpit.track.schedule == "logarithmic"
+        self.reads_alpha = "Alpha" in read
+        every = trainer.eval_every
+        self.evaluator = Evaluator(self._measure, every, self._open_ended(schedules.linear(every)))
         self.optimizer = MonitoredOptimizer(
             build_optimizer(cfg.optimizer, self.model.parameters()),
             self.model,
             self.loss_fn,
             instruments=names,
-            track=self._schedule(bool(names), reads_alpha),
+            track=self._schedule(bool(read)),
             log_dir=self.run_dir,
-            controllers=controllers,
+            controllers=[self.evaluator, *controllers],
             seed=trainer.seed,
             plot_every=cfg.cockpit.plot_every,
         )
@@ -254,19 +228,22 @@ class Trainer:
                 stale.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------- set-up
-    def _schedule(self, instruments: bool, reads_alpha: bool) -> schedules.Schedule:
+    def _open_ended(self, schedule: schedules.Schedule) -> schedules.Schedule:
+        """``schedule`` without the last step when Alpha is read (its record could not complete)."""
+        return _Before(schedule, self.total_steps - 1) if self.reads_alpha else schedule
+
+    def _schedule(self, readings: bool) -> schedules.Schedule:
         track = self.cfg.cockpit.track
-        if not instruments:  # cockpit off: records only carry the evaluations
-            base: schedules.Schedule = schedules.linear(self.cfg.trainer.eval_every)
-        elif track.schedule == "logarithmic":
-            base = schedules.logarithmic(end=max(self.total_steps - 2, 0), points=track.points)
-        else:
-            base = schedules.linear(track.interval)
-        return _Before(base, self.total_steps - 1) if reads_alpha else base
+        if not readings:  # cockpit off, no controller: only the evaluator's steps
+            return self.evaluator.track
+        if track.schedule == "logarithmic":
+            end = max(self.total_steps - 2, 0)
+            return schedules.logarithmic(end=end, points=track.points)
+        return self._open_ended(schedules.linear(track.interval))
 
     def _measure(self) -> dict[str, float]:
         return evaluate(
-            self.model,
+            self.net,
             self.data,
             self.device,
             self.cfg.trainer.eval_samples,
@@ -280,12 +257,15 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Model, optimizer (with the monitor's and controllers' state), sampler, RNG and step,
         written atomically to ``run_dir/checkpoint.pt``."""
+        optimizer = self.optimizer.state_dict()  # a collective under torchrun: every rank
+        if not self.launch.main:
+            return
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
             "config": self._config(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.net.state_dict(),
+            "optimizer": optimizer,
             "sampler": self.sampler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
@@ -296,7 +276,7 @@ class Trainer:
         tmp.replace(path)
 
     def _restore(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        state = torch.load(self.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
         saved, current = state["config"], self._config()
         changed = [g for g in current if g != "trainer" and saved.get(g) != current[g]]
         if changed:
@@ -304,7 +284,7 @@ class Trainer:
                 f"cannot resume {self.run_dir}: the config of {', '.join(changed)} differs from "
                 "the checkpoint's; only trainer settings may change on resume"
             )
-        self.model.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"])
@@ -321,8 +301,9 @@ class Trainer:
             return self.step >= self.cfg.trainer.steps
         return self.sampler.epoch >= self.cfg.trainer.epochs
 
-    def train_step(self, indices: list[int]) -> float:
-        """One optimizer step on the training examples ``indices``; returns the mini-batch loss."""
+    def train_step(self, indices: list[int]) -> torch.Tensor:
+        """One optimizer step on the training examples ``indices``; returns the (detached)
+        mini-batch loss without a host sync."""
         inputs, targets = _to(
             self.data.batch(self.data.train, torch.tensor(indices)), self.device, self.dtype
         )
@@ -331,7 +312,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()
 
     def run(self) -> dict:
         """Train to the end (or until a controller stops the run); returns the summary."""
@@ -342,7 +323,7 @@ class Trainer:
             initial=self.step,
             desc=f"{self.cfg.model.name} on {self.cfg.data.name}",
             unit="step",
-            disable=not trainer.progress,
+            disable=not (trainer.progress and self.launch.main),
             dynamic_ncols=True,
         )
         while not self._finished():
@@ -353,7 +334,7 @@ class Trainer:
                 loss = self.train_step(indices)
                 bar.update(1)
                 if self.step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.4g}", epoch=self.sampler.epoch)
+                    bar.set_postfix(loss=f"{float(loss):.4g}", epoch=self.sampler.epoch)
                 self.elapsed = time.perf_counter() - start
                 if trainer.checkpoint_every and self.step % trainer.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -375,7 +356,7 @@ class Trainer:
         """Draw the cockpit pictures and write ``summary.json``; returns the summary."""
         history = self.optimizer.history
         files = {"log": "cockpit.jsonl", "checkpoint": CHECKPOINT}
-        if history:
+        if history and self.launch.main:
             plot(history, self.run_dir / "cockpit.png", log_steps=self.log_steps)
             files["cockpit"] = "cockpit.png"
             if self.cfg.cockpit.layerwise and any("GradHist1d" in r for r in history):
@@ -386,7 +367,8 @@ class Trainer:
             "steps": self.step,
             "epochs": self.sampler.epoch + self.sampler.position / self.sampler.num_samples,
             "wall_time_s": round(self.elapsed, 2),
-            "parameters": num_parameters(self.model),
+            "parameters": num_parameters(self.net),
+            "processes": self.launch.world_size,
             "records": len(history),
             "final": self._measure(),
             "mean_alpha": sum(alphas) / len(alphas) if alphas else None,
@@ -396,7 +378,8 @@ class Trainer:
             "files": files,
             "config": self._config(),
         }
-        (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        if self.launch.main:
+            (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
 
@@ -407,7 +390,12 @@ def _finite(value: Any) -> bool:
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run :class:`Trainer` for ``cfg`` in ``run_dir``, print the readings, return the summary."""
     trainer = Trainer(cfg, run_dir)
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    finally:
+        leave(trainer.launch)
+    if not trainer.launch.main:
+        return summary
     final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
     print(f"\n{summary['steps']} steps in {summary['wall_time_s']:.1f} s; final {final}")
     records = load_log(trainer.run_dir) if summary["records"] else []
