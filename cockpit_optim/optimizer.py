@@ -156,7 +156,12 @@ class MonitoredOptimizer(Optimizer):
         )
 
     def close(self) -> None:
-        """End of training: draw the final live plot (if any) and detach from the model."""
+        """End of training: complete a record still waiting for its Alpha (which then reads
+        ``nan``), draw the final live plot (if any) and detach from the model."""
+        if self._pending is not None:
+            record, self._pending = self._pending["record"], None
+            record["Alpha"] = float("nan")
+            self._finish(record)
         if self._live_plot is not None:
             self._live_plot.close(self.history)
         self.remove_hooks()
@@ -410,17 +415,22 @@ class MonitoredOptimizer(Optimizer):
         self.optimizer.load_state_dict(state_dict["optimizer"])
         monitor = state_dict["monitor"]
         self._step = int(monitor["step"])
-        self._theta0 = monitor["theta0"]
+        self._theta0 = _like_params(monitor["theta0"], self._params)
         pending = monitor["pending"]
         if pending is not None:
             start = pending["start"]
-            pending = {**pending, "start": None if start is None else LineObservation(**start)}
+            pending = {
+                **pending,
+                "start": None if start is None else LineObservation(**start),
+                "direction": _like_params(pending["direction"], self._params),
+            }
         self._pending = pending
-        self._generator.set_state(monitor["generator"])
+        self._generator.set_state(monitor["generator"].cpu())
         states = monitor.get("sample_generators") or []
         if len(states) == self._combiner.world_size:
-            self._sample_generator.set_state(states[self._combiner.rank])
-        self.engine.eigenvector = monitor["eigenvector"]
+            self._sample_generator.set_state(states[self._combiner.rank].cpu())
+        vector = monitor["eigenvector"]
+        self.engine.eigenvector = None if vector is None else vector.to(self._params[0].device)
         self.history = list(monitor["history"])
         for controller, state in zip(
             [c for c in self.controllers if hasattr(c, "load_state_dict")], monitor["controllers"]
@@ -430,3 +440,10 @@ class MonitoredOptimizer(Optimizer):
             first_open = pending["record"]["step"] if pending is not None else self._step
             self._writer.drop_from(first_open)
         self._arm()
+
+
+def _like_params(tensors: list[Tensor] | None, params: list[Tensor]) -> list[Tensor] | None:
+    """Saved per-parameter tensors moved to their parameters' devices and dtypes."""
+    if tensors is None:
+        return None
+    return [t.to(device=p.device, dtype=p.dtype) for t, p in zip(tensors, params)]

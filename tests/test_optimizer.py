@@ -428,3 +428,17 @@ def test_a_controller_schedule_adds_tracked_steps():
         step_with(opt, model, loss_fn, *batch(gen, 5))
     assert watcher.seen == [0, 1, 2, 3]
     assert all(math.isfinite(r["NormTest"]) for r in opt.history)
+
+
+def test_close_completes_the_record_waiting_for_alpha(tmp_path):
+    model, loss_fn, batch = make_problem("mlp")
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
+                             instruments=["Loss", "Alpha"], log_dir=tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        step_with(opt, model, loss_fn, *batch(gen, 5))
+    assert [r["step"] for r in opt.history] == [0, 1]
+    opt.close()
+    assert [r["step"] for r in load_log(tmp_path)] == [0, 1, 2]
+    assert math.isnan(opt.history[-1]["Alpha"]) and math.isfinite(opt.history[-1]["Loss"])
+

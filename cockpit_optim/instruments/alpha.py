@@ -53,10 +53,15 @@ def fit_alpha(step: float, start: LineObservation, end: LineObservation) -> floa
     )
     values = np.array([start.loss, end.loss, start.slope, end.slope])
     sqrt_w = 1.0 / np.sqrt(variances)
-    _w0, w1, w2 = np.linalg.lstsq(design * sqrt_w[:, None], values * sqrt_w, rcond=None)[0]
-    if not w2 > 0:
-        return -1.0
-    return float(2.0 * step / (-w1 / w2) - 1.0)
+    with np.errstate(all="ignore"):
+        _, w1, w2 = np.linalg.lstsq(design * sqrt_w[:, None], values * sqrt_w, rcond=None)[0]
+        if not w2 > 0:
+            return -1.0
+        alpha = 2.0 * step / (-w1 / w2) - 1.0
+    if not math.isfinite(alpha):
+        warn_reading("Alpha is nan at this step: the fitted parabola is degenerate (overflow)")
+        return math.nan
+    return float(alpha)
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,26 @@ def draw_hist1d(ax: Axes, hist: dict, edges: Sequence[float], *, color: str) -> 
     edges = np.asarray(edges, dtype=float)
     if len(edges) != len(counts) + 1:
         raise ValueError(f"{len(counts)} counts need {len(counts) + 1} edges, got {len(edges)}")
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=color, linewidth=0)
+    filled = counts > 0  # zero-height bars cannot be drawn on a log axis
+    ax.bar(
+        edges[:-1][filled],
+        counts[filled],
+        width=np.diff(edges)[filled],
+        align="edge",
+        color=color,
+        linewidth=0,
+    )
+    if not filled.any():
+        ax.text(
+            0.5,
+            0.5,
+            "no element inside the range",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="#777777",
+        )
     log_ticks(ax)
     ax.set_ylim(0.7, max(counts.max(), 1.0) * 3.0)
     ax.set_xlim(edges[0], edges[-1])
