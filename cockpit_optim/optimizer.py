@@ -366,6 +366,8 @@ class MonitoredOptimizer(Optimizer):
         actions = []
         for controller in self.controllers:
             actions.extend(controller.observe(record, self) or [])
+        if self._combiner.world_size > 1 and self.controllers:
+            self._follow_rank0()  # every rank applies rank 0's decisions
         if actions:
             record["actions"] = actions
         self.history.append(record)
@@ -373,6 +375,16 @@ class MonitoredOptimizer(Optimizer):
             self._writer.write(record)
         if self._live_plot is not None:
             self._live_plot.update(self.history)
+
+    def _follow_rank0(self) -> None:
+        """Take rank 0's learning rates and stop decision (controllers decide identically from
+        identical records; this makes it a guarantee)."""
+        decision = self._combiner.broadcast_object(
+            ([g["lr"] for g in self.param_groups], self.should_stop, self.stop_reason)
+        )
+        for group, lr in zip(self.param_groups, decision[0]):
+            group["lr"] = lr
+        self.should_stop, self.stop_reason = decision[1], decision[2]
 
     # ---------------------------------------------------------------- state dicts
     def state_dict(self) -> dict:

@@ -32,6 +32,10 @@ class LocalCombiner:
     def gather_objects(self, value: object) -> list[object]:
         return [value]
 
+    def broadcast_object(self, value: object) -> object:
+        """Rank 0's ``value`` on every rank."""
+        return value
+
 
 class ProcessGroupCombiner(LocalCombiner):
     """All ranks of ``group`` (the default group when ``None``)."""
@@ -75,6 +79,15 @@ class ProcessGroupCombiner(LocalCombiner):
         values: list[object] = [None] * self.world_size
         dist.all_gather_object(values, value, group=self.group)
         return values
+
+    def broadcast_object(self, value: object) -> object:
+        box = [value]
+        dist.broadcast_object_list(
+            box,
+            src=dist.get_global_rank(self.group, 0) if self.group is not None else 0,
+            group=self.group,
+        )
+        return box[0]
 
 
 def combiner_for(process_group: dist.ProcessGroup | None = None) -> LocalCombiner:
