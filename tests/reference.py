@@ -102,3 +102,16 @@ def alpha(s, losses0, proj0, losses1, proj1):
     if w[2] <= 0:
         return -1.0
     return 2 * s / (-w[1] / w[2]) - 1
+
+
+def alpha_of_step(model, loss_fn, trace, t):
+    """Alpha of update ``t`` from a trace of ``(params, x, y)`` before each step."""
+    params, x, y = trace[t]
+    params1, x1, y1 = trace[t + 1]
+    theta = torch.cat([v.reshape(-1) for v in params.values()])
+    direction = torch.cat([v.reshape(-1) for v in params1.values()]) - theta
+    s = float(direction.norm())
+    losses, grads = individual(model, loss_fn, params, x, y)
+    losses1, grads1 = individual(model, loss_fn, params1, x1, y1)
+    return alpha(s, losses.numpy(), (grads @ direction / s).numpy(), losses1.numpy(),
+                 (grads1 @ direction / s).numpy())

@@ -88,18 +88,7 @@ def _check(model, loss_fn, batches, instruments=FIRST_ORDER):
             hessian = ref.dense_hessian(model, loss_fn, params, x, y)
             expected = float(torch.linalg.eigvalsh(hessian)[-1])
             assert math.isclose(record["HessMaxEV"], expected, rel_tol=2e-3)
-        theta = torch.cat([v.reshape(-1) for v in params.values()])
-        theta1 = torch.cat([v.reshape(-1) for v in trace[t + 1][0].values()])
-        direction = theta1 - theta
-        s = float(direction.norm())
-        losses1, grads1 = ref.individual(model, loss_fn, trace[t + 1][0], *trace[t + 1][1:])
-        alpha = ref.alpha(
-            s,
-            losses.numpy(),
-            (grads @ direction / s).numpy(),
-            losses1.numpy(),
-            (grads1 @ direction / s).numpy(),
-        )
+        alpha = ref.alpha_of_step(model, loss_fn, trace, t)
         assert math.isclose(record["Alpha"], alpha, rel_tol=1e-5, abs_tol=1e-9)
     return opt
 

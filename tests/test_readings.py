@@ -69,18 +69,7 @@ def test_full_configuration_matches_references(problem, optimizer):
         close(record["HessMaxEV"], expected["HessMaxEV"], rtol=2e-3)
         assert record["HessMaxEV_hvps"] >= 1
         # Alpha: observations at theta_t on batch t and at theta_{t+1} on batch t+1.
-        direction = theta_next - theta
-        s = float(direction.norm())
-        params1, x1, y1 = trace[t + 1]
-        losses1, grads1 = ref.individual(model, loss_fn, params1, x1, y1)
-        expected_alpha = ref.alpha(
-            s,
-            losses.numpy(),
-            (grads @ direction / s).numpy(),
-            losses1.numpy(),
-            (grads1 @ direction / s).numpy(),
-        )
-        close(record["Alpha"], expected_alpha, rtol=1e-5)
+        close(record["Alpha"], ref.alpha_of_step(model, loss_fn, trace, t), rtol=1e-5)
         check_histograms(record, grads, theta)
 
 
@@ -119,21 +108,7 @@ def test_alpha_across_untracked_next_step_and_changing_batch_sizes():
         t = record["step"]
         if t + 1 >= len(trace) - 1:
             continue
-        params, x, y = trace[t]
-        params1, x1, y1 = trace[t + 1]
-        theta = torch.cat([v.reshape(-1) for v in params.values()])
-        direction = torch.cat([v.reshape(-1) for v in params1.values()]) - theta
-        s = float(direction.norm())
-        losses, grads = ref.individual(model, loss_fn, params, x, y)
-        losses1, grads1 = ref.individual(model, loss_fn, params1, x1, y1)
-        expected = ref.alpha(
-            s,
-            losses.numpy(),
-            (grads @ direction / s).numpy(),
-            losses1.numpy(),
-            (grads1 @ direction / s).numpy(),
-        )
-        close(record["Alpha"], expected, rtol=1e-5)
+        close(record["Alpha"], ref.alpha_of_step(model, loss_fn, trace, t), rtol=1e-5)
 
 
 def test_ggn_curvature_equals_hessian_for_relu_network_and_is_named():
