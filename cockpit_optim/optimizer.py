@@ -15,7 +15,8 @@ from torch.optim import Optimizer
 
 from .engine.distributed import combiner_for
 from .engine.losses import check_loss_module
-from .engine.statistics import Request, Statistics, StatisticsEngine
+from .engine.request import Request, Statistics
+from .engine.statistics import StatisticsEngine
 from .errors import CockpitError, ReadingWarning
 from .instruments import Instrument, resolve
 from .instruments.alpha import AlphaObservations, LineObservation

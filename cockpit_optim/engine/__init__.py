@@ -1,5 +1,6 @@
-"""The statistics engine: hooks, per-layer rules, histograms and curvature."""
+"""The statistics engine: hooks, per-layer rules, histograms, curvature, distributed combination."""
 
-from .statistics import HistogramRequest, Request, Statistics, StatisticsEngine
+from .request import HistogramRequest, Request, Statistics
+from .statistics import StatisticsEngine
 
 __all__ = ["HistogramRequest", "Request", "Statistics", "StatisticsEngine"]

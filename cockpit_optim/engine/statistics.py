@@ -3,10 +3,7 @@ active instruments request, layer by layer, and hand instruments a :class:`Stati
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,131 +19,19 @@ from .curvature import (
     replay_loss,
 )
 from .distributed import LocalCombiner
-from .functional import functional_rule
 from .ggn import ggn_diagonal
 from .ggn import supports as ggn_supports
 from .histograms import counts_1d, counts_2d, draw_elements, expected_l1, record_1d, record_2d
-from .layers import LayerRule, MaterializedRule
+from .layers import LayerRule
 from .losses import individual_losses
+from .request import HistogramRequest, Request, Statistics
+from .rules import build_rules
 
 # Default gradient range of the histograms: +- this many RMS values of all elements g_{n,d}.
 ADAPTIVE_RANGE_RMS = 6.0
 # Subsampled histograms: first-round size and the expected L1 error a second round aims for.
 FIRST_ROUND = 2**18
 TARGET_L1 = 0.007
-
-
-@dataclass(frozen=True)
-class HistogramRequest:
-    """Binning asked for by a histogram instrument."""
-
-    bins: int | tuple[int, int]
-    range: tuple[float, float] | None
-    max_elements: int | None
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the active instruments need at one step; ``|`` merges two requests."""
-
-    losses: bool = False
-    grad_norms: bool = False
-    sq_norms: bool = False
-    dots: bool = False
-    mean_grads: bool = False
-    sgs: bool = False
-    hist1d: HistogramRequest | None = None
-    hist2d: HistogramRequest | None = None
-    diagonal: bool = False
-    max_eigenvalue: bool = False
-    params: bool = False
-    projection: bool = False
-    distance: bool = False
-    update: bool = False
-
-    def __or__(self, other: Request) -> Request:
-        return Request(
-            **{
-                name: getattr(self, name) or getattr(other, name)
-                for name in self.__dataclass_fields__
-            }
-        )
-
-    @property
-    def first_order(self) -> bool:
-        return any((self.sq_norms, self.dots, self.mean_grads, self.sgs, self.hist1d, self.hist2d))
-
-    @property
-    def captures(self) -> bool:
-        """Whether the forward/backward pass must be recorded (hooks armed)."""
-        return (
-            self.first_order
-            or self.projection
-            or self.losses
-            or self.diagonal
-            or self.max_eigenvalue
-        )
-
-
-@dataclass
-class Statistics:
-    """Everything instruments read at one step.  Per-parameter lists follow ``names``.
-
-    ``sq_norms[n] = ||g_n||^2``, ``dots[n] = g_n . g`` (float64, shape ``[B]``),
-    ``mean_grads`` = ``g``, ``sgs`` = ``sum_n g_n^2`` per coordinate, ``diagonal`` = Hessian
-    diagonal (or GGN, see ``diagonal_method``).  ``unavailable`` maps a statistic that could not be
-    computed at this step to the reason.
-    """
-
-    batch_size: int
-    names: list[str]
-    lr: float
-    losses: Tensor | None = None
-    grad_norms: dict[str, float] | None = None
-    sq_norms: Tensor | None = None
-    dots: Tensor | None = None
-    mean_grads: list[Tensor] | None = None
-    sgs: list[Tensor] | None = None
-    hist1d: dict | None = None
-    hist2d: dict | None = None
-    diagonal: list[Tensor] | None = None
-    diagonal_method: str = "exact"
-    max_eigenvalue: EigenResult | None = None
-    params: list[Tensor] | None = None
-    distance: float | None = None
-    update_size: float | None = None
-    alpha: Any = None
-    projection: Tensor | None = None
-    trace_stderr: float | None = None
-    rank_grad_sq_norm: float | None = None  # mean over ranks of ||g_rank||^2 (distributed only)
-    rank_batch_size: int | None = None
-    unavailable: dict[str, str] = field(default_factory=dict)
-
-    @functools.cached_property
-    def flat_mean_grad(self) -> Tensor:
-        """``g`` of all parameters as one float64 vector."""
-        return torch.cat([g.detach().reshape(-1) for g in self.mean_grads]).double()
-
-    @functools.cached_property
-    def flat_sgs(self) -> Tensor:
-        """``sum_n g_n^2`` of all parameters as one float64 vector."""
-        return torch.cat([s.detach().reshape(-1) for s in self.sgs]).double()
-
-    @functools.cached_property
-    def flat_diagonal(self) -> Tensor:
-        """The curvature diagonal of all parameters as one float64 vector."""
-        return torch.cat([d.detach().reshape(-1) for d in self.diagonal]).double()
-
-    @functools.cached_property
-    def grad_sq_norm(self) -> float:
-        """``||g||^2`` in float64."""
-        return float(self.flat_mean_grad.square().sum())
-
-    @property
-    def num_params(self) -> int:
-        if self.mean_grads is not None:
-            return sum(g.numel() for g in self.mean_grads)
-        return sum(p.numel() for p in self.params or [])
 
 
 class StatisticsEngine:
@@ -229,52 +114,6 @@ class StatisticsEngine:
             )
         return call
 
-    def _build_rules(self) -> tuple[list[tuple[LayerRule, list[str]]], str | None]:
-        """One rule per module with parameters.  A module never called on its own (attention's
-        output projection, used functionally) is differentiated by its nearest generic-rule
-        ancestor; parameters shared by several modules (tied weights) get one rule with the
-        summed individual gradients of all their uses."""
-        slots = self.capture.slots
-        adopted: dict[str, list[tuple[str, str]]] = {}  # ancestor -> [(relative, global name)]
-        problems, rules = [], []
-        for slot in slots:
-            if slot.calls == 0:
-                parent = _functional_ancestor(slot, slots)
-                if parent is None:
-                    problems.append(f"module '{slot.label}' was not used in the recorded pass")
-                    continue
-                prefix = slot.name[len(parent.name) + 1 :] if parent.name else slot.name
-                adopted.setdefault(parent.name, []).extend(
-                    (f"{prefix}.{local}", name)
-                    for local, name in zip(slot.local_names, slot.param_names)
-                )
-        for slot in slots:
-            if slot.calls == 0:
-                continue
-            if slot.calls > 1:
-                problems.append(f"module '{slot.label}' was called {slot.calls} times in one step")
-                continue
-            extra = adopted.get(slot.name, [])
-            try:
-                if slot.factory is not None:
-                    if slot.grad_out is None:
-                        problems.append(f"module '{slot.label}' got no output gradient")
-                        continue
-                    rule = slot.factory(slot.module, slot.inputs, slot.grad_out)
-                else:
-                    local = [*slot.local_names, *(relative for relative, _ in extra)]
-                    rule = functional_rule(slot.module, local, slot.args, slot.kwargs, slot.grads)
-            except Exception as error:  # e.g. random operations inside the module under vmap
-                kind = type(slot.module).__name__
-                problems.append(
-                    f"module '{slot.label}' ({kind}): no individual gradients ({error})"
-                )
-                continue
-            rules.append((rule, [*slot.param_names, *(name for _, name in extra)]))
-        if problems:
-            return [], "; ".join(problems)
-        return _merge_tied(rules), None
-
     # ------------------------------------------------------------------------ collect
     def collect(
         self, request: Request, lr: float, direction: list[Tensor] | None = None
@@ -311,7 +150,7 @@ class StatisticsEngine:
         self, request: Request, stats: Statistics, direction: list[Tensor] | None
     ) -> None:
         with self.capture.suspended():  # generic rules replay module calls
-            rules, problem = self._build_rules()
+            rules, problem = build_rules(self.capture.slots)
         if problem is not None:
             for key in ("sq_norms", "dots", "mean_grads", "sgs", "hist1d", "hist2d", "projection"):
                 stats.unavailable[key] = problem
@@ -534,39 +373,6 @@ class StatisticsEngine:
 
 
 __all__ = ["HistogramRequest", "Request", "Statistics", "StatisticsEngine"]
-
-
-def _merge_tied(rules: list[tuple[LayerRule, list[str]]]) -> list[tuple[LayerRule, list[str]]]:
-    counts: dict[str, int] = {}
-    for _, names in rules:
-        for name in names:
-            counts[name] = counts.get(name, 0) + 1
-    if all(count == 1 for count in counts.values()):
-        return rules
-    separate, params, summed, order = [], {}, {}, []
-    for rule, names in rules:
-        if not any(counts[name] > 1 for name in names):
-            separate.append((rule, names))
-            continue
-        for name, param, grads in zip(names, rule.params, rule.materialize()):
-            if name in summed:
-                summed[name] = summed[name] + grads
-            else:
-                summed[name], params[name] = grads, param
-                order.append(name)
-    merged = MaterializedRule([params[n] for n in order], [summed[n] for n in order])
-    return [*separate, (merged, order)]
-
-
-def _functional_ancestor(slot, slots):
-    """The closest recorded ancestor module handled by the generic rule, if any."""
-    best = None
-    for other in slots:
-        inside = other.name == "" or slot.name.startswith(other.name + ".")
-        if other is not slot and inside and other.factory is None and other.calls == 1:
-            if best is None or len(other.name) > len(best.name):
-                best = other
-    return best
 
 
 def _unflatten(vector: Tensor, like: list[Tensor]) -> list[Tensor]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.statistics import Request, Statistics
+from ..engine.request import Request, Statistics
 from ..errors import warn_reading
 from .base import Instrument, Unavailable, require
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from ..engine.statistics import Request, Statistics
+from ..engine.request import Request, Statistics
 from ..errors import warn_reading
 
 NAN = float("nan")

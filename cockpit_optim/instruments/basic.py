@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from ..engine.statistics import Request, Statistics
+from ..engine.request import Request, Statistics
 from .base import Instrument, require
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine.statistics import Request, Statistics
+from ..engine.request import Request, Statistics
 from .base import Instrument, require
 
 CURVATURES = ("exact", "ggn", "mc-ggn")

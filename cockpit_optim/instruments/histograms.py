@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..engine.statistics import HistogramRequest, Request, Statistics
+from ..engine.request import HistogramRequest, Request, Statistics
 from .base import Instrument, require
 
 # The budget caps the draws; the engine stops at 2^18 when the expected L1 error of the normalized

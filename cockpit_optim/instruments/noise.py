@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.statistics import Request, Statistics
+from ..engine.request import Request, Statistics
 from .base import Instrument, Unavailable, ratio, require, require_batch
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..engine.statistics import Request, Statistics
+from ..engine.request import Request, Statistics
 from .base import Instrument, Unavailable, require, require_batch
 
 

@@ -1,0 +1,125 @@
+"""What instruments ask of the engine (:class:`Request`) and what they get (:class:`Statistics`)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .curvature import EigenResult
+
+
+@dataclass(frozen=True)
+class HistogramRequest:
+    """Binning asked for by a histogram instrument."""
+
+    bins: int | tuple[int, int]
+    range: tuple[float, float] | None
+    max_elements: int | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the active instruments need at one step; ``|`` merges two requests."""
+
+    losses: bool = False
+    grad_norms: bool = False
+    sq_norms: bool = False
+    dots: bool = False
+    mean_grads: bool = False
+    sgs: bool = False
+    hist1d: HistogramRequest | None = None
+    hist2d: HistogramRequest | None = None
+    diagonal: bool = False
+    max_eigenvalue: bool = False
+    params: bool = False
+    projection: bool = False
+    distance: bool = False
+    update: bool = False
+
+    def __or__(self, other: Request) -> Request:
+        return Request(
+            **{
+                name: getattr(self, name) or getattr(other, name)
+                for name in self.__dataclass_fields__
+            }
+        )
+
+    @property
+    def first_order(self) -> bool:
+        return any((self.sq_norms, self.dots, self.mean_grads, self.sgs, self.hist1d, self.hist2d))
+
+    @property
+    def captures(self) -> bool:
+        """Whether the forward/backward pass must be recorded (hooks armed)."""
+        return (
+            self.first_order
+            or self.projection
+            or self.losses
+            or self.diagonal
+            or self.max_eigenvalue
+        )
+
+
+@dataclass
+class Statistics:
+    """Everything instruments read at one step.  Per-parameter lists follow ``names``.
+
+    ``sq_norms[n] = ||g_n||^2``, ``dots[n] = g_n . g`` (float64, shape ``[B]``),
+    ``mean_grads`` = ``g``, ``sgs`` = ``sum_n g_n^2`` per coordinate, ``diagonal`` = Hessian
+    diagonal (or GGN, see ``diagonal_method``).  ``unavailable`` maps a statistic that could not be
+    computed at this step to the reason.
+    """
+
+    batch_size: int
+    names: list[str]
+    lr: float
+    losses: Tensor | None = None
+    grad_norms: dict[str, float] | None = None
+    sq_norms: Tensor | None = None
+    dots: Tensor | None = None
+    mean_grads: list[Tensor] | None = None
+    sgs: list[Tensor] | None = None
+    hist1d: dict | None = None
+    hist2d: dict | None = None
+    diagonal: list[Tensor] | None = None
+    diagonal_method: str = "exact"
+    max_eigenvalue: EigenResult | None = None
+    params: list[Tensor] | None = None
+    distance: float | None = None
+    update_size: float | None = None
+    alpha: Any = None
+    projection: Tensor | None = None
+    trace_stderr: float | None = None
+    rank_grad_sq_norm: float | None = None  # mean over ranks of ||g_rank||^2 (distributed only)
+    rank_batch_size: int | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def flat_mean_grad(self) -> Tensor:
+        """``g`` of all parameters as one float64 vector."""
+        return torch.cat([g.detach().reshape(-1) for g in self.mean_grads]).double()
+
+    @functools.cached_property
+    def flat_sgs(self) -> Tensor:
+        """``sum_n g_n^2`` of all parameters as one float64 vector."""
+        return torch.cat([s.detach().reshape(-1) for s in self.sgs]).double()
+
+    @functools.cached_property
+    def flat_diagonal(self) -> Tensor:
+        """The curvature diagonal of all parameters as one float64 vector."""
+        return torch.cat([d.detach().reshape(-1) for d in self.diagonal]).double()
+
+    @functools.cached_property
+    def grad_sq_norm(self) -> float:
+        """``||g||^2`` in float64."""
+        return float(self.flat_mean_grad.square().sum())
+
+    @property
+    def num_params(self) -> int:
+        if self.mean_grads is not None:
+            return sum(g.numel() for g in self.mean_grads)
+        return sum(p.numel() for p in self.params or [])
