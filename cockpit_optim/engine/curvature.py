@@ -62,10 +62,8 @@ class HessianVectorProduct:
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         self._pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self.dim = sum(p.numel() for p in self.params)
-        self.calls = 0
 
     def __call__(self, vector: Tensor) -> Tensor:
-        self.calls += 1
         pieces = [
             piece.reshape(p.shape).to(p.dtype)
             for piece, p in zip(vector.split([p.numel() for p in self.params]), self.params)

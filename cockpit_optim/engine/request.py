@@ -35,7 +35,6 @@ class Request:
     hist2d: HistogramRequest | None = None
     diagonal: bool = False
     max_eigenvalue: bool = False
-    params: bool = False
     projection: bool = False
     distance: bool = False
     update: bool = False
@@ -88,7 +87,6 @@ class Statistics:
     diagonal: list[Tensor] | None = None
     diagonal_method: str = "exact"
     max_eigenvalue: EigenResult | None = None
-    params: list[Tensor] | None = None
     distance: float | None = None
     update_size: float | None = None
     alpha: Any = None
@@ -117,9 +115,3 @@ class Statistics:
     def grad_sq_norm(self) -> float:
         """``||g||^2`` in float64."""
         return float(self.flat_mean_grad.square().sum())
-
-    @property
-    def num_params(self) -> int:
-        if self.mean_grads is not None:
-            return sum(g.numel() for g in self.mean_grads)
-        return sum(p.numel() for p in self.params or [])

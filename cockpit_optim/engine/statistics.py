@@ -138,8 +138,6 @@ class StatisticsEngine:
                 ]
             )
             stats.grad_norms = dict(zip(self.names, norms.tolist()))
-        if request.params:
-            stats.params = [p.detach() for p in self.params]
         if request.first_order or request.projection or direction is not None:
             self._first_order(request, stats, direction)
         if request.diagonal or request.max_eigenvalue:
