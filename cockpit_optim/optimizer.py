@@ -390,7 +390,7 @@ class MonitoredOptimizer(Optimizer):
     # ---------------------------------------------------------------- state dicts
     def state_dict(self) -> dict:
         """The wrapped optimizer's state plus the monitor's (step, theta_0, pending Alpha data,
-        private generator, Lanczos warm start, history, controllers)."""
+        private generators, Lanczos warm start, histogram draw size, history, controllers)."""
         pending = None
         if self._pending is not None:
             start = self._pending["start"]
@@ -411,6 +411,7 @@ class MonitoredOptimizer(Optimizer):
                     self._sample_generator.get_state()
                 ),
                 "eigenvector": self.engine.eigenvector,
+                "histogram_draws": self.engine.histogram_draws,
                 "history": list(self.history),
                 "controllers": [
                     c.state_dict() for c in self.controllers if hasattr(c, "state_dict")
@@ -444,6 +445,9 @@ class MonitoredOptimizer(Optimizer):
             self._sample_generator.set_state(states[self._combiner.rank].cpu())
         vector = monitor["eigenvector"]
         self.engine.eigenvector = None if vector is None else vector.to(self._params[0].device)
+        self.engine.histogram_draws = int(
+            monitor.get("histogram_draws", self.engine.histogram_draws)
+        )
         self.history = list(monitor["history"])
         for controller, state in zip(
             [c for c in self.controllers if hasattr(c, "load_state_dict")], monitor["controllers"]

@@ -2,10 +2,11 @@
 
 Counts are exact int64 ``bincount`` results (float32 ``torch.histc`` stops counting at ``2^24`` per
 bin on the CPU).  Below the element budget every element is binned, computed row by row in chunks.
-Above it, elements ``(n, d)`` are drawn independently and uniformly (with replacement) from each
-parameter, their number proportional to the parameter's size (stochastic rounding), and each one is
-computed directly from the layer's input and output gradient: every element is equally likely to be
-binned and no ``B x D`` tensor is formed.  (Drawing whole rows instead correlates the draws and
+Above it, elements ``(n, d)`` are drawn from each parameter, their number proportional to the
+parameter's size (stochastic rounding), stratified over the samples ``n`` (each sample gets the
+same number of draws) and with independent uniform coordinates ``d``; each one is computed directly
+from the layer's input and output gradient: every element is equally likely to be binned and no
+``B x D`` tensor is formed.  (Drawing whole rows instead correlates the draws and
 multiplies the error several times: measured in ``experiments/benchmark_histogram.py``.)
 """
 
@@ -28,6 +29,17 @@ def _count_for(expected: float, generator: torch.Generator) -> int:
     if torch.rand((), generator=generator).item() < expected - count:
         count += 1
     return count
+
+
+def _stratified_samples(count: int, batch: int, generator: torch.Generator) -> Tensor:
+    """``count`` sample indices, every sample ``count // batch`` times and the remainder on
+    distinct random samples: each sample is equally likely, and the sample-to-sample spread of
+    the histogram no longer adds to its sampling error."""
+    repeats, rest = divmod(count, batch)
+    samples = torch.arange(batch).repeat(repeats)
+    if rest:
+        samples = torch.cat([samples, torch.randperm(batch, generator=generator)[:rest]])
+    return samples
 
 
 class ElementSample:
@@ -66,15 +78,18 @@ def draw_elements(
             size = param.numel()
             sample.population[name] = batch * size
             flat_param = param.detach().reshape(-1)
-            if fraction < 1.0:  # independent uniform draws: no correlated blocks
-                count = _count_for(fraction * batch * size, generator)
-                flat = torch.randint(0, batch * size, (count,), generator=generator)
-                flat = flat.to(param.device)
-                samples, coords = flat // size, flat % size
-                sample.values[name] = [rule.elements(index, samples, coords)]
-                sample.params[name] = [flat_param[coords]] if with_params else []
-                continue
             per_sample, row_len = rule.row_shape(index)
+            if fraction < 1.0:  # independent uniform coordinates: no correlated blocks
+                count = _count_for(fraction * batch * size, generator)
+                samples = _stratified_samples(count, batch, generator).to(param.device)
+                rows = torch.randint(0, per_sample, (count,), generator=generator)
+                cols = torch.randint(0, row_len, (count,), generator=generator)
+                rows, cols = rows.to(param.device), cols.to(param.device)
+                sample.values[name] = [rule.elements(index, samples, rows, cols)]
+                sample.params[name] = (
+                    [flat_param.take(rows.mul_(row_len).add_(cols))] if with_params else []
+                )
+                continue
             rows = torch.arange(batch * per_sample, device=param.device)
             chunk = max(1, _CHUNK_ELEMENTS // max(1, row_len * rule.positions))
             values, params = [], []

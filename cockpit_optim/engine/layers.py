@@ -82,8 +82,9 @@ class LayerRule:
         """Rows ``g_n[row]`` for the pairs ``(samples[k], rows[k])``; shape ``(k, row length)``."""
         raise NotImplementedError
 
-    def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
-        """Single elements ``g_n[d]`` of parameter ``index`` (``d`` flat coordinates); shape ``k``."""
+    def elements(self, index: int, samples: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """Single elements ``g_n[row, col]`` of parameter ``index`` in its :meth:`row_shape`
+        layout, for the triples ``(samples[k], rows[k], cols[k])``; shape ``k``."""
         raise NotImplementedError
 
     def materialize(self) -> list[Tensor]:
@@ -128,6 +129,14 @@ class SharedLinearRule(LayerRule):
         if self.positions == 1:
             return self.scale * ((self.u[:, :, 0] @ matrix.T) * self.d[:, :, 0]).sum(1)
         return self.scale * (self.d * torch.matmul(matrix, self.u)).sum((1, 2))
+
+    def _weight_dots_many(self, matrices: list[Tensor]) -> list[Tensor]:
+        """:meth:`_weight_dots` for several ``V`` at once (one matrix product without sharing)."""
+        if self.positions > 1 or len(matrices) == 1:
+            return [self._weight_dots(m) for m in matrices]
+        u1, d1 = self.u[:, :, 0], self.d[:, :, 0]
+        outputs = (u1 @ torch.cat(matrices).T).reshape(u1.shape[0], len(matrices), -1)
+        return list((self.scale * (outputs * d1.unsqueeze(1)).sum(2)).unbind(1))
 
     def dots(self, direction: Sequence[Tensor]) -> Tensor:
         total = self._weight_dots(self._matrix(direction[0]))
@@ -203,8 +212,10 @@ class SharedLinearRule(LayerRule):
             if sgs:  # positions == 1 here
                 u1, d1 = self.u[:, :, 0], self.d[:, :, 0]
                 sgs_w = scale**2 * (d1.square().T @ u1.square())
-            dots_w = self._weight_dots(mean_w) if mean_dots else None
-            extra_w = [self._weight_dots(m) for m in matrices]
+            against = ([mean_w] if mean_dots else []) + matrices
+            products = self._weight_dots_many(against) if against else []
+            dots_w = products[0] if mean_dots else None
+            extra_w = products[1:] if mean_dots else products
         out.means.append(mean_w.reshape(self.weight.shape))
         out.sq_norms = [norms_w] if sq_norms else None
         out.sgs = [sgs_w.reshape(self.weight.shape)] if sgs else None
@@ -242,17 +253,16 @@ class SharedLinearRule(LayerRule):
             out.append(self._bias_samples())
         return out
 
-    def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
+    def elements(self, index: int, samples: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         batch, p, positions = self.u.shape
         o = self.d.shape[1]
+        out_rows = samples * o + rows  # row (n, o) of the deltas
         if index == 1:
-            out_rows = samples * o + coords
             return self.scale * self.d.reshape(batch * o, positions)[out_rows].sum(-1)
-        out_rows = samples * o + coords // p  # row of delta (n, o)
-        in_rows = samples * p + coords % p  # row of the patches (n, i)
+        in_rows = samples * p + cols  # row (n, i) of the patches
         if positions == 1:
             deltas = self.d.reshape(-1).take(out_rows)
-            return (self.scale * deltas).mul_(self.u.reshape(-1).take(in_rows))
+            return deltas.mul_(self.u.reshape(-1).take(in_rows)).mul_(self.scale)
         d_rows, u_rows = self.d.reshape(batch * o, positions), self.u.reshape(batch * p, positions)
         chunk = max(1, BLOCK_ELEMENTS // (4 * positions))
         return torch.cat(
@@ -298,8 +308,8 @@ class MaterializedRule(LayerRule):
     def rows(self, index: int, samples: Tensor, rows: Tensor) -> Tensor:
         return self.per_sample[index][samples, rows].unsqueeze(1)
 
-    def elements(self, index: int, samples: Tensor, coords: Tensor) -> Tensor:
-        return self.per_sample[index][samples, coords]
+    def elements(self, index: int, samples: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        return self.per_sample[index][samples, rows]
 
     def materialize(self) -> list[Tensor]:
         return list(self.per_sample)

@@ -112,6 +112,17 @@ class Statistics:
         return torch.cat([d.detach().reshape(-1) for d in self.diagonal]).double()
 
     @functools.cached_property
+    def signal_to_noise(self) -> tuple[float, int]:
+        """``(sum_{d: v_d > 0} g_d^2 / v_d, #{d: v_d > 0})`` with the biased per-coordinate
+        variance ``v_d = sgs_d / B - g_d^2`` (float64), shared by EarlyStopping and MeanGSNR."""
+        grad2 = self.flat_mean_grad.square()
+        noise = self.flat_sgs.div(self.batch_size).sub_(grad2)
+        keep = noise > 0
+        ratio = grad2.div_(noise).masked_fill_(keep.logical_not(), 0.0)
+        total, count = torch.stack([ratio.sum(), keep.sum().double()]).tolist()
+        return total, int(count)
+
+    @functools.cached_property
     def grad_sq_norm(self) -> float:
         """``||g||^2`` in float64."""
         return float(self.flat_mean_grad.square().sum())

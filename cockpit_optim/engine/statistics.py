@@ -29,9 +29,11 @@ from .rules import build_rules
 
 # Default gradient range of the histograms: +- this many RMS values of all elements g_{n,d}.
 ADAPTIVE_RANGE_RMS = 6.0
-# Subsampled histograms: first-round size and the expected L1 error a second round aims for.
+# Subsampled histograms: the expected L1 error the draws aim for, the first round's size at the
+# first tracked step, and its floor later (it follows what the previous tracked step needed).
+TARGET_L1 = 0.0075
 FIRST_ROUND = 2**18
-TARGET_L1 = 0.007
+MIN_FIRST_ROUND = 2**15
 
 
 class StatisticsEngine:
@@ -66,6 +68,7 @@ class StatisticsEngine:
         self.hutchinson_probes = hutchinson_probes
         self.batchnorm_approximation = batchnorm_approximation
         self._warned_estimate = False
+        self.histogram_draws = FIRST_ROUND  # first-round size of the next subsampled histogram
         self._ggn_exact = diagonal and ggn_supports(self.replay_model, loss_fn, curvature)
         if diagonal and isinstance(self.replay_model, nn.Sequential):
             self.diagonal = DiagonalCurvature(self.replay_model, loss_fn, curvature)
@@ -216,15 +219,17 @@ class StatisticsEngine:
     def _histograms(self, request: Request, stats: Statistics, rules) -> None:
         """Bin one shared sample of elements for GradHist1d and GradHist2d.
 
-        Above the budget, a first round of ``FIRST_ROUND`` draws is binned; if the histogram's
-        expected L1 sampling error, ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))``, exceeds
-        ``TARGET_L1``, a second round brings it there (never past ``max_elements``).
+        Above the budget, a first round of ``histogram_draws`` draws is binned (what the previous
+        tracked step needed, ``FIRST_ROUND`` at first); if the histogram's expected L1 sampling
+        error, ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` (independent draws; stratifying over the
+        samples only lowers it), exceeds ``TARGET_L1``, a second round brings it there (never past
+        ``max_elements``).
         """
         specs = [s for s in (request.hist1d, request.hist2d) if s is not None]
         budgets = [s.max_elements for s in specs]
         budget = None if None in budgets else max(budgets)
         with_params = request.hist2d is not None
-        first = budget if budget is None else min(budget, FIRST_ROUND)
+        first = budget if budget is None else min(budget, self.histogram_draws)
         local_population = sum(
             rule.batch_size * p.numel() for rule, _ in rules for p in rule.params
         )
@@ -242,13 +247,14 @@ class StatisticsEngine:
         low, high = grad_range(spec1)
         table = self._table_1d(sample, low, high, int(spec1.bins))
         drawn = int(table[:, -1].sum())
-        if budget is not None and drawn < population and budget > drawn:
-            error = expected_l1(table, int(spec1.bins))
-            if error > TARGET_L1:
-                extra = min(budget - drawn, math.ceil(drawn * ((error / TARGET_L1) ** 2 - 1)))
+        if budget is not None and drawn < population:
+            needed = math.ceil(drawn * (expected_l1(table, int(spec1.bins)) / TARGET_L1) ** 2)
+            if needed > drawn and budget > drawn:
+                extra = min(budget, needed) - drawn
                 more = draw_elements(rules, extra, self.sample_generator, with_params, population)
                 table = table + self._table_1d(more, low, high, int(spec1.bins))
                 sample.extend(more)
+            self.histogram_draws = max(MIN_FIRST_ROUND, math.ceil(1.05 * needed))
         if request.hist1d is not None:
             populations = self.combiner.sum(
                 [torch.tensor([sample.population[n] for n in sample.values], dtype=torch.int64)]

@@ -6,8 +6,6 @@ All sums run in float64.
 
 from __future__ import annotations
 
-import torch
-
 from ..engine.request import Request, Statistics
 from .base import Instrument, Unavailable, ratio, require, require_batch
 
@@ -27,7 +25,8 @@ class CABS(Instrument):
 
 class EarlyStopping(Instrument):
     """``1 - (B / D') sum_{d: var_d > 0} g_d^2 / var_d`` (eq. 14d); ``D'`` counts the coordinates
-    with positive variance (no epsilon: dead units are left out instead of biasing the sum)."""
+    with positive variance (no epsilon: dead units are left out instead of biasing the sum).
+    With ``var_d = B / (B - 1) v_d`` this is ``1 - ((B - 1) / D') sum_d g_d^2 / v_d``."""
 
     name = "EarlyStopping"
     needs = Request(sgs=True, mean_grads=True)
@@ -35,20 +34,15 @@ class EarlyStopping(Instrument):
     def compute(self, stats: Statistics) -> float:
         require(stats, "sgs", "mean_grads")
         require_batch(stats)
-        b = stats.batch_size
-        grad2 = stats.flat_mean_grad.square()
-        var = (stats.flat_sgs - b * grad2) / (b - 1)
-        keep = var > 0
-        count = int(keep.sum())
+        total, count = stats.signal_to_noise
         if count == 0:
             raise Unavailable("no coordinate has positive gradient variance")
-        ratio = torch.where(keep, grad2 / var, 0.0)
-        return float(1.0 - b / count * ratio.sum())
+        return 1.0 - (stats.batch_size - 1) / count * total
 
 
 class MeanGSNR(Instrument):
-    """``(1/D') sum_{d: M_d - g_d^2 > 0} g_d^2 / (M_d - g_d^2)``: mean gradient signal-to-noise
-    ratio over the coordinates with positive (biased) variance."""
+    """``(1/D') sum_{d: v_d > 0} g_d^2 / v_d``, ``v_d = M_d - g_d^2``: mean gradient
+    signal-to-noise ratio over the coordinates with positive (biased) variance."""
 
     name = "MeanGSNR"
     needs = Request(sgs=True, mean_grads=True)
@@ -56,10 +50,7 @@ class MeanGSNR(Instrument):
     def compute(self, stats: Statistics) -> float:
         require(stats, "sgs", "mean_grads")
         require_batch(stats)
-        grad2 = stats.flat_mean_grad.square()
-        noise = stats.flat_sgs / stats.batch_size - grad2
-        keep = noise > 0
-        count = int(keep.sum())
+        total, count = stats.signal_to_noise
         if count == 0:
             raise Unavailable("no coordinate has positive gradient variance")
-        return float(torch.where(keep, grad2 / noise, 0.0).sum() / count)
+        return total / count
