@@ -12,12 +12,20 @@ Configurations:
 * ``economy`` / ``business`` / ``full``: ``MonitoredOptimizer(..., instruments=cfg, track=1)``,
 * ``untracked``: ``instruments="full"`` with ``track=10**9``; steps 0 (tracked) and 1 (which completes
   the Alpha reading of step 0) are the warm-up, so only untracked steps are timed,
-* with ``--instruments``: each instrument of ``cockpit_optim.instruments.FULL`` alone, ``track=1``.
+* with ``--instruments``: each instrument of ``cockpit_optim.instruments.FULL`` alone, ``track=1``,
+* with ``--compare``: ``cockpit:economy`` / ``cockpit:business`` / ``cockpit:full``, the same
+  configurations of the original Cockpit 1.0.2 (``pip install -e ".[compare]"``; see
+  ``compare_cockpit.py``), timed in the same rounds; the table adds a row ``<config>: original /
+  ours`` (median over rounds of the original's time over this package's, both from the same round).
+  It is skipped on a problem whose per-sample gradients (which the original materializes) would not
+  fit into this machine's memory.
 
 Problems (batch 128, random inputs and labels, ``CrossEntropyLoss``, SGD with ``lr=0.01``):
 
 * ``mlp``: 784-256-10 MLP on MNIST-shaped inputs (203,530 parameters),
-* ``3c3d``: DeepOBS CIFAR-10 3C3D on CIFAR-shaped inputs (895,210 parameters).
+* ``3c3d``: DeepOBS CIFAR-10 3C3D on CIFAR-shaped inputs (895,210 parameters),
+* ``mlp-large`` (only with ``--problems``): 784-8192-8192-10 MLP (73,629,706 parameters, about a
+  second per plain step; see ``problems.py``).
 
 ``--steps`` is the minimum number of timed steps per round: a configuration whose last warm-up step
 is short runs as many steps as fill ``--min-block-seconds`` (a 1-ms plain MLP step timed three times
@@ -25,9 +33,11 @@ would measure mostly timer and scheduler noise; ``--min-block-seconds 0`` times 
 A configuration whose last warm-up step takes longer than ``--slow-threshold`` seconds is timed with
 one step per round; the output says so.
 
-Example::
+Examples::
 
     python experiments/benchmark_overhead.py --problems mlp --rounds 3 --json /tmp/ratios.json
+    python experiments/benchmark_overhead.py --problems mlp-large --rounds 3
+    python experiments/benchmark_overhead.py --configs economy business full --compare
 """
 
 from __future__ import annotations
@@ -47,9 +57,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import compare_cockpit
 import torch
-from problems import BATCH_SIZE, PROBLEMS, Problem, build_problem
-from torch import nn
+from problems import (
+    ALL_PROBLEMS,
+    BATCH_SIZE,
+    PROBLEMS,
+    Problem,
+    build_problem,
+    per_sample_gradient_bytes,
+    physical_memory_bytes,
+)
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
@@ -76,21 +95,24 @@ class Runner:
     reading_warnings: int = 0
 
 
-def make_runner(problem: Problem, config: str, seed: int) -> Runner:
-    """A training step for ``config`` (``plain``, a configuration name, or ``instr:<Name>``)."""
-    model = copy.deepcopy(problem.model)
+def make_step(
+    model: nn.Module, x: Tensor, y: Tensor, config: str, seed: int, track: int = 1
+) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    """A training step of ``model`` on ``(x, y)`` for ``config`` (``plain``, a configuration name,
+    ``instr:<Name>`` or ``cockpit:<configuration>``) with tracking interval ``track``."""
+    if config.startswith("cockpit:"):
+        return compare_cockpit.make_step(model, x, y, config.removeprefix("cockpit:"), LR)
     loss_fn = nn.CrossEntropyLoss()
     sgd = torch.optim.SGD(model.parameters(), lr=LR)
-    x, y = problem.inputs, problem.labels
     if config == "plain":
         optimizer: torch.optim.Optimizer = sgd
     elif config == "untracked":
         optimizer = MonitoredOptimizer(sgd, model, loss_fn, "full", track=10**9, seed=seed)
     elif config.startswith("instr:"):
         name = config.removeprefix("instr:")
-        optimizer = MonitoredOptimizer(sgd, model, loss_fn, [name], track=1, seed=seed)
+        optimizer = MonitoredOptimizer(sgd, model, loss_fn, [name], track=track, seed=seed)
     else:
-        optimizer = MonitoredOptimizer(sgd, model, loss_fn, config, track=1, seed=seed)
+        optimizer = MonitoredOptimizer(sgd, model, loss_fn, config, track=track, seed=seed)
 
     def step() -> None:
         optimizer.zero_grad()
@@ -98,6 +120,13 @@ def make_runner(problem: Problem, config: str, seed: int) -> Runner:
         loss.backward()
         optimizer.step()
 
+    return step, optimizer
+
+
+def make_runner(problem: Problem, config: str, seed: int, track: int = 1) -> Runner:
+    """``config`` (see :func:`make_step`) on a copy of the problem's model."""
+    model = copy.deepcopy(problem.model)
+    step, optimizer = make_step(model, problem.inputs, problem.labels, config, seed, track)
     return Runner(config, step, optimizer)
 
 
@@ -131,6 +160,7 @@ def benchmark_problem(
 ) -> list[Runner]:
     """Warm up every configuration, then ``args.rounds`` interleaved timing rounds."""
     runners = [make_runner(problem, c, args.seed) for c in ("plain", *configs)]
+    bar.total += len(runners) * WARMUP_STEPS
     for runner in runners:
         bar.set_postfix_str(f"{problem.name} {runner.name} warm-up")
         for _ in range(WARMUP_STEPS):
@@ -158,6 +188,24 @@ def ratios(runners: Sequence[Runner]) -> dict[str, list[float]]:
     return {r.name: [t / p for t, p in zip(r.times, plain)] for r in runners[1:]}
 
 
+def speedups(runners: Sequence[Runner]) -> dict[str, list[float]]:
+    """Per configuration timed in both tools, ``original time / our time`` of each round."""
+    by_name = {r.name: r for r in runners}
+    return {
+        name: [o / t for t, o in zip(runner.times, by_name[f"cockpit:{name}"].times)]
+        for name, runner in by_name.items()
+        if f"cockpit:{name}" in by_name
+    }
+
+
+def original_configs(problem: Problem, configs: Sequence[str]) -> list[str]:
+    """``cockpit:<config>`` runners for ``configs``; none if the per-sample gradients that the
+    original materializes would not fit into memory."""
+    if per_sample_gradient_bytes(problem) >= physical_memory_bytes():
+        return []
+    return [f"cockpit:{c}" for c in configs if c in compare_cockpit.CONFIGS]
+
+
 def profile_step(problem: Problem, config: str, args: argparse.Namespace, top: int) -> str:
     """cProfile of one step of ``config`` after warm-up: the ``top`` functions by cumulative time."""
     runner = make_runner(problem, config, args.seed)
@@ -180,9 +228,13 @@ def profile_step(problem: Problem, config: str, args: argparse.Namespace, top: i
 def markdown_table(
     results: dict[str, list[Runner]], problems: Sequence[str], configs: Sequence[str]
 ) -> str:
-    """Rows: configurations; columns: problems; cells: median ratio to plain."""
+    """Rows: configurations (and speed-ups over the original, if timed); columns: problems; cells:
+    median ratio to plain (n/a where a configuration was not run)."""
     medians = {
         p: {k: statistics.median(v) for k, v in ratios(results[p]).items()} for p in problems
+    }
+    faster = {
+        p: {k: statistics.median(v) for k, v in speedups(results[p]).items()} for p in problems
     }
     plain_ms = {p: 1e3 * statistics.median(results[p][0].times) for p in problems}
     lines = [
@@ -193,17 +245,26 @@ def markdown_table(
     for config in configs:
         cells = []
         for p in problems:
-            runner = next(r for r in results[p] if r.name == config)
-            mark = "*" if runner.reduced else ""
-            cells.append(f"{medians[p][config]:.2f}x{mark}")
+            runner = next((r for r in results[p] if r.name == config), None)
+            mark = "*" if runner is not None and runner.reduced else ""
+            cells.append(f"{medians[p][config]:.2f}x{mark}" if runner is not None else "n/a")
         lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    for config in dict.fromkeys(k for p in problems for k in faster[p]):
+        cells = [f"{faster[p][config]:.2f}x" if config in faster[p] else "n/a" for p in problems]
+        lines.append(f"| {config}: original / ours | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def notes(results: dict[str, list[Runner]], args: argparse.Namespace) -> list[str]:
-    """Lines on reduced work and ReadingWarnings."""
+    """Lines on reduced work, skipped comparisons and ReadingWarnings."""
     out = []
     for problem, runners in results.items():
+        compared = args.compare and any(c in compare_cockpit.CONFIGS for c in args.configs)
+        if compared and not any(r.name.startswith("cockpit:") for r in runners):
+            out.append(
+                f"* {problem}: original Cockpit not run, its per-sample gradients "
+                "would not fit into this machine's memory."
+            )
         for r in runners:
             if r.reduced:
                 out.append(
@@ -220,7 +281,7 @@ def notes(results: dict[str, list[Runner]], args: argparse.Namespace) -> list[st
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
+    parser.add_argument("--problems", nargs="+", choices=ALL_PROBLEMS, default=list(PROBLEMS))
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
@@ -243,6 +304,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=20.0,
         help="seconds per warm-up step above which a configuration is timed with 1 step per round",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time economy/business/full of the original Cockpit 1.0.2 (cockpit-for-pytorch)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the raw ratios here")
     parser.add_argument(
         "--profile",
@@ -255,6 +321,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.threads < 1:
         parser.error("--rounds, --steps and --threads must be positive")
+    if args.compare and (reason := compare_cockpit.unavailable()) is not None:
+        parser.exit(2, f"{reason}\n")
     return args
 
 
@@ -267,19 +335,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     problems = list(args.problems)
     start = time.perf_counter()
     results: dict[str, list[Runner]] = {}
-    warmups = len(problems) * (1 + len(configs)) * WARMUP_STEPS
-    with tqdm(total=warmups, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=0, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
         for name in problems:
-            results[name] = benchmark_problem(build_problem(name, args.seed), configs, args, bar)
+            problem = build_problem(name, args.seed)
+            originals = original_configs(problem, configs) if args.compare else []
+            results[name] = benchmark_problem(problem, configs + originals, args, bar)
     elapsed = time.perf_counter() - start
+    rows = list(dict.fromkeys(r.name for p in problems for r in results[p][1:]))
 
-    print(markdown_table(results, problems, configs))
+    print(markdown_table(results, problems, rows))
     print()
     print(
         f"Median over {args.rounds} rounds of (config / plain) per-step time in the same round; "
         f"threads={args.threads}, batch size={BATCH_SIZE}, rounds={args.rounds}, "
         f"steps per round >= {args.steps} (blocks >= {args.min_block_seconds:g} s), torch {torch.__version__}; benchmark took {elapsed:.0f} s."
     )
+    if args.compare:
+        print(
+            "cockpit:<config> is the original Cockpit 1.0.2; its configurations hold fewer "
+            "instruments (economy: no CABS, EarlyStopping, MeanGSNR, Time), see compare_cockpit.py."
+        )
     for line in notes(results, args):
         print(line)
 
@@ -295,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 p: {
                     "plain_seconds": results[p][0].times,
                     "ratios": ratios(results[p]),
+                    "speedups_over_original": speedups(results[p]),
                     "seconds": {r.name: r.times for r in results[p]},
                     "steps": {r.name: r.steps for r in results[p]},
                     "warmup_seconds": {r.name: r.warmup_seconds for r in results[p]},
