@@ -25,7 +25,9 @@ Problems (batch 128, random inputs and labels, ``CrossEntropyLoss``, SGD with ``
 * ``mlp``: 784-256-10 MLP on MNIST-shaped inputs (203,530 parameters),
 * ``3c3d``: DeepOBS CIFAR-10 3C3D on CIFAR-shaped inputs (895,210 parameters),
 * ``mlp-large`` (only with ``--problems``): 784-8192-8192-10 MLP (73,629,706 parameters, about a
-  second per plain step; see ``problems.py``).
+  second per plain step; see ``problems.py``).  Every runner keeps its own copy of the model and
+  state; ``full`` on it may need more memory than the machine has (``benchmark_memory.py``
+  measures it).
 
 ``--steps`` is the minimum number of timed steps per round: a configuration whose last warm-up step
 is short runs as many steps as fill ``--min-block-seconds`` (a 1-ms plain MLP step timed three times
@@ -36,7 +38,7 @@ one step per round; the output says so.
 Examples::
 
     python experiments/benchmark_overhead.py --problems mlp --rounds 3 --json /tmp/ratios.json
-    python experiments/benchmark_overhead.py --problems mlp-large --rounds 3
+    python experiments/benchmark_overhead.py --problems mlp-large --configs economy business
     python experiments/benchmark_overhead.py --configs economy business full --compare
 """
 

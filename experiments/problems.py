@@ -2,10 +2,11 @@
 
 * ``mlp``: MLP 784-256-10 on MNIST-shaped inputs,
 * ``3c3d``: DeepOBS CIFAR-10 3C3D on CIFAR-shaped inputs,
-* ``mlp-large``: MLP 784-8192-8192-10 on MNIST-shaped inputs (73,629,706 parameters).  Materialized
-  per-sample gradients would need B x D x 4 bytes = 128 * 73.6M * 4 B = 37.7 GB, more than the 24 GiB
-  of the machine this project is benchmarked on, while the engine's statistics never form them.  A
-  plain step takes about a second on 2 CPU threads, so it is not among the default ``PROBLEMS``.
+* ``mlp-large``: MLP 784-8192-8192-10 on MNIST-shaped inputs (73,629,706 parameters).
+  Materialized per-sample gradients would need B x D x 4 bytes = 128 * 73.6M * 4 B = 37.7 GB, more
+  than the 24 GiB of the machine this project is benchmarked on, while the engine's statistics
+  never form them.  A plain step takes about a second on 2 CPU threads, so it is not among the
+  default ``PROBLEMS``.
 """
 
 from __future__ import annotations
