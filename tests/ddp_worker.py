@@ -23,8 +23,15 @@ class HalveOnNoise:
         if record["NormTest"] > 0.5:
             old = optimizer.param_groups[0]["lr"]
             optimizer.param_groups[0]["lr"] = old / 2
-            return [{"controller": "HalveOnNoise", "what": "lr", "from": old, "to": old / 2,
-                     "why": f"NormTest={record['NormTest']:.6f} > 0.5"}]
+            return [
+                {
+                    "controller": "HalveOnNoise",
+                    "what": "lr",
+                    "from": old,
+                    "to": old / 2,
+                    "why": f"NormTest={record['NormTest']:.6f} > 0.5",
+                }
+            ]
         return []
 
 
@@ -36,9 +43,14 @@ def global_batches(problem: str):
 
 def train(model, problem, batches, log_dir=None, shard=None, state=None, steps=None):
     _, loss_fn, _ = make_problem(problem)
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments=[*FULL, "GradientNoiseScale"], log_dir=log_dir,
-                             controllers=[HalveOnNoise()])
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=[*FULL, "GradientNoiseScale"],
+        log_dir=log_dir,
+        controllers=[HalveOnNoise()],
+    )
     if state is not None:
         opt.load_state_dict(state)
     start = opt.step_count
@@ -54,8 +66,9 @@ def train(model, problem, batches, log_dir=None, shard=None, state=None, steps=N
 def worker(rank: int, world: int, port: int, problem: str, out: str, log_dir: str) -> None:
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         batches = global_batches(problem)
         model, _, _ = make_problem(problem)
@@ -70,8 +83,14 @@ def worker(rank: int, world: int, port: int, problem: str, out: str, log_dir: st
         ddp3 = DistributedDataParallel(model3)
         ddp3.load_state_dict(state["model"])
         resumed = train(ddp3, problem, batches, shard=(rank, world), state=state["opt"])
-        torch.save({"history": opt.history, "resumed": resumed.history,
-                    "params": [p.detach() for p in model.parameters()]}, f"{out}/rank{rank}.pt")
+        torch.save(
+            {
+                "history": opt.history,
+                "resumed": resumed.history,
+                "params": [p.detach() for p in model.parameters()],
+            },
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -85,8 +104,15 @@ def train_worker(rank: int, world: int, port: int, run_dir: str, overrides: list
 
     from cockpit_optim.experiment import register_configs, train
 
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+        }
+    )
     register_configs()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

@@ -113,5 +113,10 @@ def alpha_of_step(model, loss_fn, trace, t):
     s = float(direction.norm())
     losses, grads = individual(model, loss_fn, params, x, y)
     losses1, grads1 = individual(model, loss_fn, params1, x1, y1)
-    return alpha(s, losses.numpy(), (grads @ direction / s).numpy(), losses1.numpy(),
-                 (grads1 @ direction / s).numpy())
+    return alpha(
+        s,
+        losses.numpy(),
+        (grads @ direction / s).numpy(),
+        losses1.numpy(),
+        (grads1 @ direction / s).numpy(),
+    )

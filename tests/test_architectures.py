@@ -202,8 +202,12 @@ def test_hutchinson_trace_within_its_reported_error_where_no_exact_diagonal():
     torch.manual_seed(0)
     model = TinyTransformer()  # not an nn.Sequential: the diagonal is estimated
     loss_fn = nn.CrossEntropyLoss()
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn,
-                             instruments=[HessTrace(probes=64), "TICDiag", "HessMaxEV"])
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        model,
+        loss_fn,
+        instruments=[HessTrace(probes=64), "TICDiag", "HessMaxEV"],
+    )
     x, y = _tokens(torch.Generator().manual_seed(6), 8)
     params = ref.flat_params(model)
     with pytest.warns(ReadingWarning, match="Hutchinson"):

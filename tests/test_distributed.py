@@ -16,9 +16,24 @@ from models import make_problem
 
 from cockpit_optim import load_log
 
-SCALARS = ("Loss", "GradNorm", "Distance", "UpdateSize", "NormTest", "InnerTest", "OrthoTest",
-           "CABS", "EarlyStopping", "MeanGSNR", "HessTrace", "TICDiag", "TICTrace", "lr",
-           "GradientNoiseScale_trace", "GradientNoiseScale_signal")
+SCALARS = (
+    "Loss",
+    "GradNorm",
+    "Distance",
+    "UpdateSize",
+    "NormTest",
+    "InnerTest",
+    "OrthoTest",
+    "CABS",
+    "EarlyStopping",
+    "MeanGSNR",
+    "HessTrace",
+    "TICDiag",
+    "TICTrace",
+    "lr",
+    "GradientNoiseScale_trace",
+    "GradientNoiseScale_signal",
+)
 
 
 def _free_port() -> int:
@@ -40,8 +55,12 @@ def _flat_2d(record: dict) -> dict:
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_readings_equal_single_process_on_the_global_batch(world, tmp_path):
     problem = "cnn"
-    mp.spawn(worker, args=(world, _free_port(), problem, str(tmp_path), str(tmp_path / "log")),
-             nprocs=world, join=True)
+    mp.spawn(
+        worker,
+        args=(world, _free_port(), problem, str(tmp_path), str(tmp_path / "log")),
+        nprocs=world,
+        join=True,
+    )
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     model, _, _ = make_problem(problem)
     single = train(model, problem, global_batches(problem))
@@ -93,9 +112,16 @@ def test_train_entry_point_under_two_processes_matches_one(tmp_path):
 
     from cockpit_optim.experiment import register_configs, train
 
-    overrides = ["trainer.progress=false", "trainer.threads=1", "trainer.steps=12",
-                 "trainer.eval_every=6", "cockpit=economy", "cockpit.track.schedule=interval",
-                 "cockpit.track.interval=3", "model=mlp"]
+    overrides = [
+        "trainer.progress=false",
+        "trainer.threads=1",
+        "trainer.steps=12",
+        "trainer.eval_every=6",
+        "cockpit=economy",
+        "cockpit.track.schedule=interval",
+        "cockpit.track.interval=3",
+        "model=mlp",
+    ]
     parallel = tmp_path / "parallel"
     mp.spawn(train_worker, args=(2, _free_port(), str(parallel), overrides), nprocs=2, join=True)
     register_configs()

@@ -395,8 +395,13 @@ def test_batchnorm_train_mode_opt_in_approximation_is_marked():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
     loss_fn = nn.CrossEntropyLoss()
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments=["NormTest", "GradHist1d"], batchnorm_approximation=True)
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=["NormTest", "GradHist1d"],
+        batchnorm_approximation=True,
+    )
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     step_with(opt, model, loss_fn, x, y)
     record = opt.history[0]
@@ -421,8 +426,14 @@ def test_a_controller_schedule_adds_tracked_steps():
 
     model, loss_fn, batch = make_problem("mlp")
     watcher = EveryStep()
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments=["Loss"], track=100, controllers=[watcher])
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=["Loss"],
+        track=100,
+        controllers=[watcher],
+    )
     gen = torch.Generator().manual_seed(0)
     for _ in range(4):
         step_with(opt, model, loss_fn, *batch(gen, 5))
@@ -432,8 +443,13 @@ def test_a_controller_schedule_adds_tracked_steps():
 
 def test_close_completes_the_record_waiting_for_alpha(tmp_path):
     model, loss_fn, batch = make_problem("mlp")
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments=["Loss", "Alpha"], log_dir=tmp_path)
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=["Loss", "Alpha"],
+        log_dir=tmp_path,
+    )
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         step_with(opt, model, loss_fn, *batch(gen, 5))
@@ -441,4 +457,3 @@ def test_close_completes_the_record_waiting_for_alpha(tmp_path):
     opt.close()
     assert [r["step"] for r in load_log(tmp_path)] == [0, 1, 2]
     assert math.isnan(opt.history[-1]["Alpha"]) and math.isfinite(opt.history[-1]["Loss"])
-

@@ -129,8 +129,7 @@ def test_ggn_curvature_equals_hessian_for_relu_network_and_is_named():
 def test_gradient_noise_scale_matches_reference():
     from cockpit_optim.instruments import noise_scale_average
 
-    model, loss_fn, opt, trace = run("mlp", "sgd", [8, 8, 8], 1,
-                                     instruments=["GradientNoiseScale"])
+    model, loss_fn, opt, trace = run("mlp", "sgd", [8, 8, 8], 1, instruments=["GradientNoiseScale"])
     for record in opt.history:
         params, x, y = trace[record["step"]]
         _, grads = ref.individual(model, loss_fn, params, x, y)
@@ -154,17 +153,32 @@ def test_exact_diagonal_of_piecewise_linear_networks_for_each_loss(loss_name):
     """ReLU/max-pool networks: the diagonal comes from GGN backward passes and is exact."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.LeakyReLU(0.1), torch.nn.Linear(5, 3),
+        torch.nn.Conv2d(1, 3, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 5),
+        torch.nn.LeakyReLU(0.1),
+        torch.nn.Linear(5, 3),
     )
-    loss_fn = {"mse": torch.nn.MSELoss(), "bce": torch.nn.BCEWithLogitsLoss(),
-               "ce": torch.nn.CrossEntropyLoss()}[loss_name]
+    loss_fn = {
+        "mse": torch.nn.MSELoss(),
+        "bce": torch.nn.BCEWithLogitsLoss(),
+        "ce": torch.nn.CrossEntropyLoss(),
+    }[loss_name]
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(6, 1, 4, 4, generator=gen)
-    y = (torch.randint(0, 3, (6,), generator=gen) if loss_name == "ce"
-         else torch.rand(6, 3, generator=gen))
-    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn,
-                             instruments=["HessTrace", "TICDiag", "TICTrace"])
+    y = (
+        torch.randint(0, 3, (6,), generator=gen)
+        if loss_name == "ce"
+        else torch.rand(6, 3, generator=gen)
+    )
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        instruments=["HessTrace", "TICDiag", "TICTrace"],
+    )
     params = ref.flat_params(model)
     opt.zero_grad()
     loss_fn(model(x), y).backward()

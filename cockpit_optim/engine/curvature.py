@@ -106,46 +106,53 @@ def lanczos_max_eigenvalue(
     start: Tensor,
     rtol: float = 1e-3,
     max_iter: int = 100,
+    max_basis: int = 24,
 ) -> EigenResult:
     """Largest algebraic eigenvalue of a symmetric operator by Lanczos with full
-    reorthogonalization.
+    reorthogonalization, restarted from the top Ritz vector whenever ``max_basis`` vectors are in
+    use (memory: ``max_basis`` vectors of the operator's size, preallocated).
 
-    Stops when the error bound of the top Ritz value, ``min(r, r^2 / gap)`` with residual norm
-    ``r = |beta_k s_k|`` and ``gap`` the distance to the next Ritz value, is below
-    ``rtol * |theta|``, or the Krylov space is invariant.
+    Stops when the error bound of the top Ritz value is below ``rtol * |theta|``, when the
+    Krylov space is invariant, or after ``max_iter`` products.  The bound is ``min(r, r^2 / gap)``
+    with residual norm ``r = |beta_k s_k|`` and ``gap`` the distance to the next Ritz value; after
+    a restart the small space resolves the rest of the spectrum poorly (the Ritz gap is too
+    large), so only ``r`` counts.
     """
-    basis = [start / start.norm()]
-    alphas: list[float] = []
-    betas: list[float] = []
-    value, ritz = float("nan"), basis[0]
     dim = start.numel()
-    for k in range(min(max_iter, dim)):
-        w = matvec(basis[k])
-        alphas.append(float(w @ basis[k]))
-        q = torch.stack(basis)
-        for _ in range(2):  # full reorthogonalization, twice is enough
-            w = w - q.T @ (q @ w)
-        beta = float(w.norm())
-        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if k:
-            off = torch.tensor(betas, dtype=torch.float64)
-            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
-        evals, evecs = torch.linalg.eigh(tridiagonal)
-        value = float(evals[-1])
-        top = evecs[:, -1].to(start.dtype)
-        residual = abs(beta * float(top[-1]))
-        bound = residual
-        if k >= 1 and evals[-1] > evals[-2]:
-            bound = min(residual, residual**2 / float(evals[-1] - evals[-2]))
-        scale = abs(value) if value != 0 else 1.0
-        if bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale or k + 1 == min(max_iter, dim):
-            ritz = q.T @ top
-            return EigenResult(
-                value, ritz, k + 1, bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale
-            )
-        betas.append(beta)
-        basis.append(w / beta)
-    return EigenResult(value, ritz, len(alphas), False)
+    basis = start.new_empty(min(max_basis, dim, max_iter), dim)
+    vector, products, restarts = start, 0, 0
+    while True:
+        basis[0] = vector / vector.norm()
+        alphas: list[float] = []
+        betas: list[float] = []
+        for k in range(basis.shape[0]):
+            w = matvec(basis[k])
+            products += 1
+            alphas.append(float(w @ basis[k]))
+            q = basis[: k + 1]
+            for _ in range(2):  # full reorthogonalization, twice is enough
+                w = w - q.T @ (q @ w)
+            beta = float(w.norm())
+            tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+            if k:
+                off = torch.tensor(betas, dtype=torch.float64)
+                tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
+            evals, evecs = torch.linalg.eigh(tridiagonal)
+            value = float(evals[-1])
+            top = evecs[:, -1].to(start.dtype)
+            residual = abs(beta * float(top[-1]))
+            bound = residual
+            if restarts == 0 and k >= 1 and evals[-1] > evals[-2]:
+                bound = min(residual, residual**2 / float(evals[-1] - evals[-2]))
+            scale = abs(value) if value != 0 else 1.0
+            converged = bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale
+            if converged or products == max_iter or k + 1 == dim:
+                return EigenResult(value, q.T @ top, products, converged or k + 1 == dim)
+            if k + 1 < basis.shape[0]:
+                betas.append(beta)
+                basis[k + 1] = w / beta
+        vector = basis.T @ top  # restart from the top Ritz vector
+        restarts += 1
 
 
 @dataclass

@@ -138,42 +138,31 @@ def ggn_diagonal(
     if roots is None:
         return None
     batch = h.shape[0]
+    # Without weight sharing (T = 1) the individual gradient of class c is B delta_{n,c} u_n^T:
+    # the class sum folds into the squared deltas, and one product per layer follows the loop.
+    # Shared weights reduce per class (their second moments materialize, in blocks).
+    squares: dict[int, Tensor] = {}
     diagonal: dict[int, Tensor] = {}
-    for module, u, grads in zip(layers, patches, _class_backward(h, outputs, roots / batch)):
-        for param, value in zip(_params(module), _class_second_moments(module, u, grads)):
-            key = id(param)
-            diagonal[key] = diagonal[key] + value if key in diagonal else value
+    for root in roots:  # one pass per class: autograd's vectorized passes measured slower
+        grads = torch.autograd.grad(h, outputs, grad_outputs=root / batch, retain_graph=True)
+        for i, (module, u, grad) in enumerate(zip(layers, patches, grads)):
+            if u.shape[2] == 1:
+                square = (batch * grad.reshape(batch, -1)).square_()
+                squares[i] = squares[i].add_(square) if i in squares else square
+            else:
+                rule = SharedLinearRule(module.weight, module.bias, u, _deltas(module, grad))
+                _accumulate(diagonal, module, rule.second_moments())
+    for i, square in squares.items():
+        module, u = layers[i], patches[i]
+        moments = [(square.T @ u[:, :, 0].square()).reshape(module.weight.shape)]
+        if module.bias is not None:
+            moments.append(square.sum(0).reshape(module.bias.shape))
+        _accumulate(diagonal, module, moments)
     return {key: value / batch for key, value in diagonal.items()}
 
 
-def _params(module: nn.Module) -> list[Tensor]:
-    return [module.weight] if module.bias is None else [module.weight, module.bias]
-
-
-def _class_backward(output: Tensor, outputs: list[Tensor], roots: Tensor) -> list[Tensor]:
-    """Gradients at every layer output of ``output`` weighted by each ``roots[c]``: shape
-    ``(C, *layer_output.shape)``.  One pass per class: autograd's vectorized passes
-    (``is_grads_batched``) measured 2x slower on a CNN (max-pooling has no batching rule)."""
-    per_class = [
-        torch.autograd.grad(output, outputs, grad_outputs=root, retain_graph=True) for root in roots
-    ]
-    return [torch.stack(grads) for grads in zip(*per_class)]
-
-
-def _class_second_moments(module: nn.Module, u: Tensor, grads: Tensor) -> list[Tensor]:
-    """``sum_c sum_n (g_{n,c})^2`` per coordinate with ``g_{n,c}`` the individual gradient of
-    class ``c``'s backward pass.  Without weight sharing ``g_{n,c}(W) = B delta_{n,c} u_n^T``, so
-    the class sum folds into the squared deltas before a single product."""
-    batch = u.shape[0]
-    if u.shape[2] == 1:
-        squares = (batch * grads.reshape(grads.shape[0], batch, -1)).square_().sum(0)  # (B, o)
-        out = [(squares.T @ u[:, :, 0].square()).reshape(module.weight.shape)]
-        if module.bias is not None:
-            out.append(squares.sum(0).reshape(module.bias.shape))
-        return out
-    total: list[Tensor] | None = None
-    for grad in grads:
-        rule = SharedLinearRule(module.weight, module.bias, u, _deltas(module, grad))
-        moments = rule.second_moments()
-        total = moments if total is None else [t.add_(m) for t, m in zip(total, moments)]
-    return total
+def _accumulate(diagonal: dict[int, Tensor], module: nn.Module, moments: list[Tensor]) -> None:
+    params = [module.weight] if module.bias is None else [module.weight, module.bias]
+    for param, value in zip(params, moments):
+        key = id(param)
+        diagonal[key] = diagonal[key].add_(value) if key in diagonal else value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,9 @@ import torch
 from torch import Tensor
 
 from .curvature import EigenResult
+
+# Block size of the float64 reductions over all coordinates.
+_BLOCK = 2**22
 
 
 @dataclass(frozen=True)
@@ -96,33 +100,35 @@ class Statistics:
     rank_batch_size: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
-    @functools.cached_property
-    def flat_mean_grad(self) -> Tensor:
-        """``g`` of all parameters as one float64 vector."""
-        return torch.cat([g.detach().reshape(-1) for g in self.mean_grads]).double()
-
-    @functools.cached_property
-    def flat_sgs(self) -> Tensor:
-        """``sum_n g_n^2`` of all parameters as one float64 vector."""
-        return torch.cat([s.detach().reshape(-1) for s in self.sgs]).double()
-
-    @functools.cached_property
-    def flat_diagonal(self) -> Tensor:
-        """The curvature diagonal of all parameters as one float64 vector."""
-        return torch.cat([d.detach().reshape(-1) for d in self.diagonal]).double()
+    def blocks(self, *fields: str) -> Iterator[tuple[Tensor, ...]]:
+        """Matching float64 blocks (at most ``2^22`` elements) of per-parameter statistics, e.g.
+        ``blocks("mean_grads", "sgs")``: sums over all coordinates in float64 without a
+        ``D``-sized float64 copy.  The blocks are copies: callers may modify them in place."""
+        for tensors in zip(*(getattr(self, name) for name in fields)):
+            flats = [t.detach().reshape(-1) for t in tensors]
+            for start in range(0, flats[0].numel(), _BLOCK):
+                yield tuple(f[start : start + _BLOCK].to(torch.float64, copy=True) for f in flats)
 
     @functools.cached_property
     def signal_to_noise(self) -> tuple[float, int]:
         """``(sum_{d: v_d > 0} g_d^2 / v_d, #{d: v_d > 0})`` with the biased per-coordinate
         variance ``v_d = sgs_d / B - g_d^2`` (float64), shared by EarlyStopping and MeanGSNR."""
-        grad2 = self.flat_mean_grad.square()
-        noise = self.flat_sgs.div(self.batch_size).sub_(grad2)
-        keep = noise > 0
-        ratio = grad2.div_(noise).masked_fill_(keep.logical_not(), 0.0)
-        total, count = torch.stack([ratio.sum(), keep.sum().double()]).tolist()
-        return total, int(count)
+        sums = torch.zeros(2, dtype=torch.float64)  # [sum of ratios, count]
+        for grad, sgs in self.blocks("mean_grads", "sgs"):
+            grad2 = grad.square_()
+            noise = sgs.div_(self.batch_size).sub_(grad2)
+            keep = noise > 0
+            ratios = grad2.div_(noise).masked_fill_(keep.logical_not(), 0.0)
+            sums += torch.stack([ratios.sum(), keep.sum().double()]).to(sums.device)
+        total, count = sums.tolist()
+        return float(total), int(count)
+
+    @functools.cached_property
+    def diagonal_sum(self) -> float:
+        """``sum_d`` of the curvature diagonal, in float64."""
+        return float(sum(block.sum() for (block,) in self.blocks("diagonal")))
 
     @functools.cached_property
     def grad_sq_norm(self) -> float:
         """``||g||^2`` in float64."""
-        return float(self.flat_mean_grad.square().sum())
+        return float(sum(grad.square().sum() for (grad,) in self.blocks("mean_grads")))

@@ -34,6 +34,9 @@ ADAPTIVE_RANGE_RMS = 6.0
 TARGET_L1 = 0.0075
 FIRST_ROUND = 2**18
 MIN_FIRST_ROUND = 2**15
+# Lanczos basis for HessMaxEV: as many vectors as fit in LANCZOS_BYTES, within these bounds.
+LANCZOS_BYTES = 2**30
+MIN_LANCZOS_BASIS, MAX_LANCZOS_BASIS = 8, 24
 
 
 class StatisticsEngine:
@@ -352,8 +355,13 @@ class StatisticsEngine:
         if start is None or start.numel() != hvp.dim or not bool(torch.isfinite(start).all()):
             start = torch.randn(hvp.dim, generator=self.generator, dtype=torch.float64)
         start = start.to(device=self.params[0].device, dtype=torch.float64)
+        vector_bytes = start.numel() * start.element_size()
         result = lanczos_max_eigenvalue(
-            hvp, start, rtol=self.eigen_rtol, max_iter=self.eigen_max_iter
+            hvp,
+            start,
+            rtol=self.eigen_rtol,
+            max_iter=self.eigen_max_iter,
+            max_basis=max(MIN_LANCZOS_BASIS, min(MAX_LANCZOS_BASIS, LANCZOS_BYTES // vector_bytes)),
         )
         if math.isfinite(result.value):
             self.eigenvector = result.vector.detach()

@@ -38,7 +38,7 @@ class HessTrace(_DiagonalInstrument):
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal")
-        return float(stats.flat_diagonal.sum())
+        return stats.diagonal_sum
 
 
 class HessMaxEV(Instrument):
@@ -79,8 +79,11 @@ class TICDiag(_TIC):
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sgs")
-        second = stats.flat_sgs / stats.batch_size
-        return float((second / (stats.flat_diagonal + self.eps)).sum())
+        total = sum(
+            sgs.div_(stats.batch_size).div_(diagonal.add_(self.eps)).sum()
+            for sgs, diagonal in stats.blocks("sgs", "diagonal")
+        )
+        return float(total)
 
 
 class TICTrace(_TIC):
@@ -92,4 +95,4 @@ class TICTrace(_TIC):
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sq_norms")
         second = float(stats.sq_norms.sum()) / stats.batch_size
-        return second / (float(stats.flat_diagonal.sum()) + self.eps)
+        return second / (stats.diagonal_sum + self.eps)
