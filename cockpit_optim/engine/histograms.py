@@ -3,11 +3,12 @@
 Counts are exact int64 ``bincount`` results (float32 ``torch.histc`` stops counting at ``2^24`` per
 bin on the CPU).  Below the element budget every element is binned, computed row by row in chunks.
 Above it, elements ``(n, d)`` are drawn from each parameter, their number proportional to the
-parameter's size (stochastic rounding), stratified over the samples ``n`` (each sample gets the
-same number of draws) and with independent uniform coordinates ``d``; each one is computed directly
-from the layer's input and output gradient: every element is equally likely to be binned and no
-``B x D`` tensor is formed.  (Drawing whole rows instead correlates the draws and
-multiplies the error several times: measured in ``experiments/benchmark_histogram.py``.)
+parameter's size (stochastic rounding), stratified over the rows of the individual gradients
+(every pair of sample ``n`` and output row gets the same number of draws) with independent uniform
+coordinates within the row; each one is computed directly from the layer's input and output
+gradient: every element is equally likely to be binned and no ``B x D`` tensor is formed.
+(Drawing whole rows instead correlates the draws and multiplies the error several times; the
+stratification saves random numbers, and its error equals that of independent draws, measured.)
 """
 
 from __future__ import annotations
@@ -31,15 +32,20 @@ def _count_for(expected: float, generator: torch.Generator) -> int:
     return count
 
 
-def _stratified_samples(count: int, batch: int, generator: torch.Generator) -> Tensor:
-    """``count`` sample indices, every sample ``count // batch`` times and the remainder on
-    distinct random samples: each sample is equally likely, the error is never above that of
-    independent sample indices (measured: the same on the MLP), and no random numbers are spent."""
-    repeats, rest = divmod(count, batch)
-    samples = torch.arange(batch).repeat(repeats)
+def _stratified_rows(
+    count: int, batch: int, rows: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``count`` pairs ``(sample, row)``: every pair ``count // (batch * rows)`` times, the
+    remainder on uniformly random pairs.  Each pair is equally likely, the error is never above
+    that of independent pairs, and no random numbers are spent on the repeated part."""
+    repeats, rest = divmod(count, batch * rows)
+    samples = torch.arange(batch).repeat_interleave(rows).repeat(repeats)
+    within = torch.arange(rows).repeat(batch * repeats)
     if rest:
-        samples = torch.cat([samples, torch.randperm(batch, generator=generator)[:rest]])
-    return samples
+        extra = torch.randint(0, batch * rows, (rest,), generator=generator)
+        samples = torch.cat([samples, extra // rows])
+        within = torch.cat([within, extra % rows])
+    return samples, within
 
 
 class ElementSample:
@@ -79,12 +85,14 @@ def draw_elements(
             sample.population[name] = batch * size
             flat_param = param.detach().reshape(-1)
             per_sample, row_len = rule.row_shape(index)
-            if fraction < 1.0:  # independent uniform coordinates: no correlated blocks
+            if fraction < 1.0:  # uniform coordinates within each row: no correlated blocks
                 count = _count_for(fraction * batch * size, generator)
-                samples = _stratified_samples(count, batch, generator).to(param.device)
-                rows = torch.randint(0, per_sample, (count,), generator=generator)
-                cols = torch.randint(0, row_len, (count,), generator=generator)
-                rows, cols = rows.to(param.device), cols.to(param.device)
+                samples, rows = _stratified_rows(count, batch, per_sample, generator)
+                if row_len > 1:
+                    cols = torch.randint(0, row_len, (count,), generator=generator)
+                else:
+                    cols = torch.zeros(count, dtype=torch.int64)
+                samples, rows, cols = (t.to(param.device) for t in (samples, rows, cols))
                 sample.values[name] = [rule.elements(index, samples, rows, cols)]
                 sample.params[name] = (
                     [flat_param.take(rows.mul_(row_len).add_(cols))] if with_params else []
