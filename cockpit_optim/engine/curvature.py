@@ -110,7 +110,8 @@ def lanczos_max_eigenvalue(
 ) -> EigenResult:
     """Largest algebraic eigenvalue of a symmetric operator by Lanczos with full
     reorthogonalization, restarted from the top Ritz vector whenever ``max_basis`` vectors are in
-    use (memory: ``max_basis`` vectors of the operator's size, preallocated).
+    use (memory: at most ``max_basis`` vectors of the operator's size; the basis grows by
+    doubling, since warm-started runs usually need two or three).
 
     Stops when the error bound of the top Ritz value is below ``rtol * |theta|``, when the
     Krylov space is invariant, or after ``max_iter`` products.  The bound is ``min(r, r^2 / gap)``
@@ -119,13 +120,14 @@ def lanczos_max_eigenvalue(
     large), so only ``r`` counts.
     """
     dim = start.numel()
-    basis = start.new_empty(min(max_basis, dim, max_iter), dim)
+    size = min(max_basis, dim, max_iter)
+    basis = start.new_empty(min(4, size), dim)
     vector, products, restarts = start, 0, 0
     while True:
         basis[0] = vector / vector.norm()
         alphas: list[float] = []
         betas: list[float] = []
-        for k in range(basis.shape[0]):
+        for k in range(size):
             w = matvec(basis[k])
             products += 1
             alphas.append(float(w @ basis[k]))
@@ -148,10 +150,14 @@ def lanczos_max_eigenvalue(
             converged = bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale
             if converged or products == max_iter or k + 1 == dim:
                 return EigenResult(value, q.T @ top, products, converged or k + 1 == dim)
-            if k + 1 < basis.shape[0]:
+            if k + 1 < size:
                 betas.append(beta)
+                if k + 1 == basis.shape[0]:
+                    grown = basis.new_empty(min(2 * basis.shape[0], size), dim)
+                    grown[: k + 1] = basis
+                    basis = grown
                 basis[k + 1] = w / beta
-        vector = basis.T @ top  # restart from the top Ritz vector
+        vector = basis[:size].T @ top  # restart from the top Ritz vector
         restarts += 1
 
 

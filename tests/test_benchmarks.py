@@ -1,0 +1,70 @@
+"""The benchmark scripts run end to end on the small MLP (smoke tests: no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(autouse=True)
+def _experiments_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+
+
+def test_overhead_benchmark_writes_ratios(tmp_path: Path, capsys) -> None:
+    import benchmark_overhead
+
+    out = tmp_path / "overhead.json"
+    benchmark_overhead.main(
+        ["--problems", "mlp", "--configs", "economy", "untracked", "--rounds", "2"]
+        + ["--steps", "1", "--min-block-seconds", "0", "--threads", "1", "--json", str(out)]
+    )
+    table = capsys.readouterr().out
+    assert "| economy |" in table and "| untracked |" in table
+    ratios = json.loads(out.read_text())["problems"]["mlp"]["ratios"]
+    assert set(ratios) == {"economy", "untracked"}
+    assert all(len(v) == 2 and all(r > 0 for r in v) for v in ratios.values())
+
+
+def test_interval_benchmark_draws_the_heat_map(tmp_path: Path, capsys) -> None:
+    import benchmark_interval
+
+    png, out = tmp_path / "grid.png", tmp_path / "grid.json"
+    benchmark_interval.main(
+        ["--problems", "mlp", "--configs", "economy", "--intervals", "1", "4", "--rounds", "1"]
+        + ["--min-steps", "4", "--min-window-seconds", "0", "--threads", "1"]
+        + ["--png", str(png), "--json", str(out)]
+    )
+    assert "track=4" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    raw = json.loads(out.read_text())["problems"]["mlp"]
+    assert raw["windows"] == {"1": 4, "4": 4}
+    assert set(raw["ratios"]["economy"]) == {"1", "4"}
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_each_configuration(tmp_path: Path, capsys) -> None:
+    import benchmark_memory
+
+    out = tmp_path / "memory.json"
+    benchmark_memory.main(
+        ["--problems", "mlp", "--configs", "economy", "--threads", "1", "--json", str(out)]
+    )
+    assert "economy" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert "mlp" in json.dumps(results)
+
+
+def test_compare_without_the_original_names_the_install(monkeypatch, capsys) -> None:
+    import benchmark_overhead
+
+    monkeypatch.setitem(sys.modules, "cockpit", None)  # as if it were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_overhead.main(["--problems", "mlp", "--configs", "economy", "--compare"])
+    assert exit_info.value.code != 0
+    assert "cockpit-for-pytorch" in capsys.readouterr().err
