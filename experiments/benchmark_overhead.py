@@ -16,7 +16,9 @@ Configurations:
 * with ``--compare``: ``cockpit:economy`` / ``cockpit:business`` / ``cockpit:full``, the same
   configurations of the original Cockpit 1.0.2 (``pip install -e ".[compare]"``; see
   ``compare_cockpit.py``), timed in the same rounds; the table adds a row ``<config>: original /
-  ours`` (median over rounds of the original's time over this package's, both from the same round).
+  ours`` (median over rounds of the original's time over this package's, both from the same round)
+  and ``same:<config>``, this package with the original's (shorter) instrument list, with its own
+  ``same:<config>: original / ours`` row.
   It is skipped on a problem whose per-sample gradients (which the original materializes) would not
   fit into this machine's memory.
 
@@ -110,6 +112,9 @@ def make_step(
         optimizer: torch.optim.Optimizer = sgd
     elif config == "untracked":
         optimizer = MonitoredOptimizer(sgd, model, loss_fn, "full", track=10**9, seed=seed)
+    elif config.startswith("same:"):
+        names = compare_cockpit.ORIGINAL_INSTRUMENTS[config.removeprefix("same:")]
+        optimizer = MonitoredOptimizer(sgd, model, loss_fn, names, track=track, seed=seed)
     elif config.startswith("instr:"):
         name = config.removeprefix("instr:")
         optimizer = MonitoredOptimizer(sgd, model, loss_fn, [name], track=track, seed=seed)
@@ -193,19 +198,22 @@ def ratios(runners: Sequence[Runner]) -> dict[str, list[float]]:
 def speedups(runners: Sequence[Runner]) -> dict[str, list[float]]:
     """Per configuration timed in both tools, ``original time / our time`` of each round."""
     by_name = {r.name: r for r in runners}
-    return {
-        name: [o / t for t, o in zip(runner.times, by_name[f"cockpit:{name}"].times)]
-        for name, runner in by_name.items()
-        if f"cockpit:{name}" in by_name
-    }
+    out = {}
+    for name, runner in by_name.items():
+        original = by_name.get(f"cockpit:{name.removeprefix('same:')}")
+        if original is not None and not name.startswith("cockpit:"):
+            out[name] = [o / t for t, o in zip(runner.times, original.times)]
+    return out
 
 
 def original_configs(problem: Problem, configs: Sequence[str]) -> list[str]:
-    """``cockpit:<config>`` runners for ``configs``; none if the per-sample gradients that the
-    original materializes would not fit into memory."""
+    """``same:<config>`` (ours with the original's instrument list) and ``cockpit:<config>``
+    runners for ``configs``; none if the per-sample gradients that the original materializes would
+    not fit into memory."""
     if per_sample_gradient_bytes(problem) >= physical_memory_bytes():
         return []
-    return [f"cockpit:{c}" for c in configs if c in compare_cockpit.CONFIGS]
+    chosen = [c for c in configs if c in compare_cockpit.CONFIGS]
+    return [f"same:{c}" for c in chosen] + [f"cockpit:{c}" for c in chosen]
 
 
 def profile_step(problem: Problem, config: str, args: argparse.Namespace, top: int) -> str:
@@ -355,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.compare:
         print(
             "cockpit:<config> is the original Cockpit 1.0.2; its configurations hold fewer "
-            "instruments (economy: no CABS, EarlyStopping, MeanGSNR, Time), see compare_cockpit.py."
+            "instruments (economy: no CABS, EarlyStopping, MeanGSNR, Time), see compare_cockpit.py; "
+            "same:<config> is this package with the original's instrument list."
         )
     for line in notes(results, args):
         print(line)

@@ -22,6 +22,23 @@ from torch import Tensor, nn
 
 INSTALL = 'pip install "cockpit-for-pytorch" "setuptools<81"'
 CONFIGS = ("economy", "business", "full")
+_ORIGINAL_ECONOMY = (
+    "Alpha",
+    "Distance",
+    "GradHist1d",
+    "GradNorm",
+    "InnerTest",
+    "Loss",
+    "NormTest",
+    "OrthoTest",
+    "UpdateSize",
+)
+# The original's configurations as lists of this package's instruments (``same:<config>``).
+ORIGINAL_INSTRUMENTS = {
+    "economy": _ORIGINAL_ECONOMY,
+    "business": (*_ORIGINAL_ECONOMY, "TICDiag", "HessTrace"),
+    "full": (*_ORIGINAL_ECONOMY, "TICDiag", "HessTrace", "HessMaxEV", "GradHist2d"),
+}
 
 
 def import_cockpit() -> tuple[Any, Any]:

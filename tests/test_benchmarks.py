@@ -56,8 +56,11 @@ def test_memory_benchmark_measures_each_configuration(tmp_path: Path, capsys) ->
         ["--problems", "mlp", "--configs", "economy", "--threads", "1", "--json", str(out)]
     )
     assert "economy" in capsys.readouterr().out
-    results = json.loads(out.read_text())
-    assert "mlp" in json.dumps(results)
+    results = json.loads(out.read_text())["results"]["mlp"]
+    plain, economy = results["plain"], results["economy"]
+    assert plain["baseline"] == economy["baseline"] > 203_530 * 4  # parameters and batch
+    assert 0 < plain["extra"] < economy["extra"]  # the monitor's statistics take memory
+    assert economy["failed_readings"] == []
 
 
 def test_compare_without_the_original_names_the_install(monkeypatch, capsys) -> None:

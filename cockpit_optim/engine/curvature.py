@@ -48,7 +48,7 @@ def replay_loss(
 
 
 class HessianVectorProduct:
-    """``v -> H v`` for the Hessian of ``loss`` w.r.t. ``params`` (flat vectors in float64).
+    """``v -> H v`` for the Hessian of ``loss`` w.r.t. ``params`` (flat vectors, any float dtype).
 
     With a distributed ``combiner``, ``H`` is that of the global batch: each rank's product,
     weighted by its share ``weight`` of the batch, is summed over the ranks.
@@ -101,6 +101,46 @@ class EigenResult:
 _SAFETY = 0.25
 
 
+class _Basis:
+    """Orthonormal Lanczos vectors, stored in chunks of ``_CHUNK`` rows: it grows without copies
+    and holds no more rows than are in use (rounded up to a chunk)."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.like = like
+        self.chunks: list[Tensor] = []
+        self.size = 0
+
+    def append(self, vector: Tensor) -> None:
+        if self.size == _CHUNK * len(self.chunks):
+            self.chunks.append(self.like.new_empty(_CHUNK, self.like.numel()))
+        self.chunks[-1][self.size % _CHUNK] = vector
+        self.size += 1
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.chunks[index // _CHUNK][index % _CHUNK]
+
+    def _rows(self) -> list[Tensor]:
+        full, rest = divmod(self.size, _CHUNK)
+        return self.chunks[:full] + ([self.chunks[full][:rest]] if rest else [])
+
+    def project_out(self, w: Tensor) -> Tensor:
+        """``w - Q^T Q w`` for the basis ``Q``."""
+        for rows in self._rows():
+            w = w - rows.T @ (rows @ w)
+        return w
+
+    def combine(self, coefficients: Tensor) -> Tensor:
+        """``Q^T c``."""
+        out, start = None, 0
+        for rows in self._rows():
+            part = rows.T @ coefficients[start : start + rows.shape[0]]
+            out, start = (part if out is None else out + part), start + rows.shape[0]
+        return out
+
+
+_CHUNK = 4
+
+
 def lanczos_max_eigenvalue(
     matvec: Callable[[Tensor], Tensor],
     start: Tensor,
@@ -110,8 +150,8 @@ def lanczos_max_eigenvalue(
 ) -> EigenResult:
     """Largest algebraic eigenvalue of a symmetric operator by Lanczos with full
     reorthogonalization, restarted from the top Ritz vector whenever ``max_basis`` vectors are in
-    use (memory: at most ``max_basis`` vectors of the operator's size; the basis grows by
-    doubling, since warm-started runs usually need two or three).
+    use (memory: at most ``max_basis`` vectors of the operator's size and dtype, allocated as the
+    basis grows: warm-started runs usually need two or three).
 
     Stops when the error bound of the top Ritz value is below ``rtol * |theta|``, when the
     Krylov space is invariant, or after ``max_iter`` products.  The bound is ``min(r, r^2 / gap)``
@@ -121,19 +161,18 @@ def lanczos_max_eigenvalue(
     """
     dim = start.numel()
     size = min(max_basis, dim, max_iter)
-    basis = start.new_empty(min(4, size), dim)
     vector, products, restarts = start, 0, 0
     while True:
-        basis[0] = vector / vector.norm()
+        basis = _Basis(start)
+        basis.append(vector / vector.norm())
         alphas: list[float] = []
         betas: list[float] = []
         for k in range(size):
             w = matvec(basis[k])
             products += 1
             alphas.append(float(w @ basis[k]))
-            q = basis[: k + 1]
             for _ in range(2):  # full reorthogonalization, twice is enough
-                w = w - q.T @ (q @ w)
+                w = basis.project_out(w)
             beta = float(w.norm())
             tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
             if k:
@@ -141,7 +180,7 @@ def lanczos_max_eigenvalue(
                 tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
             evals, evecs = torch.linalg.eigh(tridiagonal)
             value = float(evals[-1])
-            top = evecs[:, -1].to(start.dtype)
+            top = evecs[:, -1].to(device=start.device, dtype=start.dtype)
             residual = abs(beta * float(top[-1]))
             bound = residual
             if restarts == 0 and k >= 1 and evals[-1] > evals[-2]:
@@ -149,15 +188,11 @@ def lanczos_max_eigenvalue(
             scale = abs(value) if value != 0 else 1.0
             converged = bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale
             if converged or products == max_iter or k + 1 == dim:
-                return EigenResult(value, q.T @ top, products, converged or k + 1 == dim)
+                return EigenResult(value, basis.combine(top), products, converged or k + 1 == dim)
             if k + 1 < size:
                 betas.append(beta)
-                if k + 1 == basis.shape[0]:
-                    grown = basis.new_empty(min(2 * basis.shape[0], size), dim)
-                    grown[: k + 1] = basis
-                    basis = grown
-                basis[k + 1] = w / beta
-        vector = basis[:size].T @ top  # restart from the top Ritz vector
+                basis.append(w / beta)
+        vector = basis.combine(top)  # restart from the top Ritz vector
         restarts += 1
 
 
