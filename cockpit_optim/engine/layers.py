@@ -169,7 +169,13 @@ class SharedLinearRule(LayerRule):
         matrices = [self._matrix(v[0]) for v in directions]
         norms_w = sgs_w = dots_w = None
         extra_w: list[Tensor] = []
-        materialize = positions > 1 and (sgs or (sq_norms and 2 * positions**2 >= p * o))
+        # With shared weights, one inner product g_n . V costs a layer-forward (B o p T), as
+        # much as materializing the individual gradients that give all of them at once; ghost
+        # norms win only for norms alone on layers with 2 T^2 < p o.
+        dots_needed = mean_dots or bool(directions)
+        materialize = positions > 1 and (
+            sgs or dots_needed or (sq_norms and 2 * positions**2 >= p * o)
+        )
         if materialize and batch * o * p <= BLOCK_ELEMENTS:
             grads = scale * torch.bmm(self.d, self.u.transpose(1, 2)).reshape(batch, -1)
             mean_w = grads.mean(0)
