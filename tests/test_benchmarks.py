@@ -20,10 +20,9 @@ def test_overhead_benchmark_writes_ratios(tmp_path: Path, capsys) -> None:
     import benchmark_overhead
 
     out = tmp_path / "overhead.json"
-    benchmark_overhead.main(
-        ["--problems", "mlp", "--configs", "economy", "untracked", "--rounds", "2"]
-        + ["--steps", "1", "--min-block-seconds", "0", "--threads", "1", "--json", str(out)]
-    )
+    args = "--problems mlp --configs economy untracked --rounds 2 --steps 1"
+    args += " --min-block-seconds 0 --threads 1 --json"
+    benchmark_overhead.main([*args.split(), str(out)])
     table = capsys.readouterr().out
     assert "| economy |" in table and "| untracked |" in table
     ratios = json.loads(out.read_text())["problems"]["mlp"]["ratios"]
@@ -35,11 +34,9 @@ def test_interval_benchmark_draws_the_heat_map(tmp_path: Path, capsys) -> None:
     import benchmark_interval
 
     png, out = tmp_path / "grid.png", tmp_path / "grid.json"
-    benchmark_interval.main(
-        ["--problems", "mlp", "--configs", "economy", "--intervals", "1", "4", "--rounds", "1"]
-        + ["--min-steps", "4", "--min-window-seconds", "0", "--threads", "1"]
-        + ["--png", str(png), "--json", str(out)]
-    )
+    args = "--problems mlp --configs economy --intervals 1 4 --rounds 1 --min-steps 4"
+    args += " --min-window-seconds 0 --threads 1"
+    benchmark_interval.main([*args.split(), "--png", str(png), "--json", str(out)])
     assert "track=4" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw = json.loads(out.read_text())["problems"]["mlp"]

@@ -129,6 +129,16 @@ class Statistics:
         return float(sum(block.sum() for (block,) in self.blocks("diagonal")))
 
     @functools.cached_property
+    def sq_norms_sum(self) -> float:
+        """``sum_n ||g_n||^2`` (read once per step, shared by the instruments)."""
+        return float(self.sq_norms.sum())
+
+    @functools.cached_property
+    def dots_sq_sum(self) -> float:
+        """``sum_n (g_n . g)^2``."""
+        return float(self.dots.square().sum())
+
+    @functools.cached_property
     def grad_sq_norm(self) -> float:
         """``||g||^2`` in float64."""
         return float(sum(grad.square().sum() for (grad,) in self.blocks("mean_grads")))

@@ -238,7 +238,7 @@ class StatisticsEngine:
         )
         population = local_population * stats.batch_size // self.local_batch
         sample = draw_elements(rules, first, self.sample_generator, with_params, population)
-        rms = math.sqrt(float(stats.sq_norms.sum()) / population) if population else 0.0
+        rms = math.sqrt(stats.sq_norms_sum / population) if population else 0.0
 
         def grad_range(spec: HistogramRequest | None) -> tuple[float, float]:
             if spec is not None and spec.range is not None:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..engine.request import Request, Statistics
 from ..errors import warn_reading
@@ -30,12 +31,10 @@ class LineObservation:
     def from_samples(cls, losses, projections) -> LineObservation:
         """From individual losses ``l_n`` and slopes ``g_n . u`` (float64 tensors, length B >= 2)."""
         b = losses.numel()
-        return cls(
-            float(losses.mean()),
-            float(losses.var(unbiased=True)) / b,
-            float(projections.mean()),
-            float(projections.var(unbiased=True)) / b,
-        )
+        samples = torch.stack([losses.double(), projections.to(losses.device).double()])
+        variances, means = torch.var_mean(samples, dim=1, unbiased=True)
+        loss, slope, loss_var, slope_var = torch.cat([means, variances]).tolist()  # one read
+        return cls(loss, loss_var / b, slope, slope_var / b)
 
 
 def fit_alpha(step: float, start: LineObservation, end: LineObservation) -> float:

@@ -94,5 +94,5 @@ class TICTrace(_TIC):
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sq_norms")
-        second = float(stats.sq_norms.sum()) / stats.batch_size
+        second = stats.sq_norms_sum / stats.batch_size
         return second / (stats.diagonal_sum + self.eps)

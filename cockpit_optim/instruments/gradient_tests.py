@@ -18,8 +18,8 @@ def _moments(stats: Statistics, dots: bool) -> tuple[int, float, float, float]:
     norm2 = stats.grad_sq_norm
     if norm2 == 0.0:
         raise Unavailable("the mini-batch gradient is zero")
-    inner = float(stats.dots.square().sum()) if dots else math.nan
-    return stats.batch_size, float(stats.sq_norms.sum()), inner, norm2
+    inner = stats.dots_sq_sum if dots else math.nan
+    return stats.batch_size, stats.sq_norms_sum, inner, norm2
 
 
 def _root(value: float) -> float:

@@ -19,7 +19,7 @@ class CABS(Instrument):
     def compute(self, stats: Statistics) -> float:
         require(stats, "losses", "sq_norms", "mean_grads")
         require_batch(stats)
-        noise = float(stats.sq_norms.sum()) / stats.batch_size - stats.grad_sq_norm
+        noise = stats.sq_norms_sum / stats.batch_size - stats.grad_sq_norm
         return stats.lr * ratio(noise, float(stats.losses.mean()), "the mini-batch loss")
 
 

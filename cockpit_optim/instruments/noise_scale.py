@@ -32,7 +32,7 @@ class GradientNoiseScale(Instrument):
         require_batch(stats)
         b = stats.batch_size
         g2 = stats.grad_sq_norm
-        trace = (float(stats.sq_norms.sum()) - b * g2) / (b - 1)
+        trace = (stats.sq_norms_sum - b * g2) / (b - 1)
         return trace, g2 - trace / b
 
     def compute(self, stats: Statistics) -> float:
