@@ -1,0 +1,139 @@
+"""CUDA check: readings on the GPU against the same steps on the CPU, and tracked-step ratios.
+
+For each problem (``problems.py``, batch 128), two copies of the model train the same steps with the
+same monitor seed, one on the CPU and one on CUDA (TF32 off), each with every instrument of ``full``
+except the subsampled histograms, plus exact GradHist1d (``max_elements=None``). Printed per reading:
+the largest relative difference over the steps (the float32 arithmetic differs in order only), and
+for the exact histogram the fraction of elements binned differently. Then, on CUDA, the median over
+rounds of (tracked step / plain step) for economy, business and full, with synchronized timers.
+
+    python experiments/check_cuda.py [--problems mlp 3c3d] [--steps 3] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+
+import torch
+from problems import PROBLEMS, build_problem
+from torch import nn
+
+from cockpit_optim import MonitoredOptimizer, ReadingWarning
+from cockpit_optim.instruments import FULL, GradHist1d
+
+SCALARS = [n for n in FULL if n not in ("GradHist1d", "GradHist2d", "Time")]
+
+
+def readings(model: nn.Module, x, y, device: str, steps: int) -> list[dict]:
+    """Records of ``steps`` tracked SGD steps of ``model`` on ``device``."""
+    model = copy.deepcopy(model).to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        model,
+        loss_fn,
+        [*SCALARS, GradHist1d(max_elements=None)],
+        seed=0,
+    )
+    x, y = x.to(device), y.to(device)
+    for _ in range(steps + 1):  # the last step completes the previous step's Alpha
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    optimizer.close()
+    return list(optimizer.history)[:steps]
+
+
+def compare(problem_name: str, steps: int) -> list[str]:
+    """Markdown rows: reading, largest relative CPU/CUDA difference over the steps."""
+    problem = build_problem(problem_name, 0)
+    cpu = readings(problem.model, problem.inputs, problem.labels, "cpu", steps)
+    gpu = readings(problem.model, problem.inputs, problem.labels, "cuda", steps)
+    rows = []
+    for name in SCALARS:
+        worst = 0.0
+        for a, b in zip(cpu, gpu):
+            u, v = a.get(name, math.nan), b.get(name, math.nan)
+            if math.isnan(u) and math.isnan(v):
+                continue
+            worst = max(worst, abs(u - v) / max(abs(u), 1e-12))
+        rows.append(f"| {problem_name} | {name} | {worst:.2e} |")
+    moved = max(
+        sum(abs(p - q) for p, q in zip(a["GradHist1d"]["counts"], b["GradHist1d"]["counts"]))
+        / 2
+        / max(1, a["GradHist1d"]["binned"])
+        for a, b in zip(cpu, gpu)
+    )
+    rows.append(f"| {problem_name} | GradHist1d exact: elements in another bin | {moved:.2e} |")
+    return rows
+
+
+def step_ratios(problem_name: str, rounds: int) -> dict[str, float]:
+    """Median over rounds of (tracked step time / plain step time) on CUDA, interleaved."""
+    problem = build_problem(problem_name, 0)
+    x, y = problem.inputs.cuda(), problem.labels.cuda()
+    runners = {}
+    for config in ("plain", "economy", "business", "full"):
+        model = copy.deepcopy(problem.model).cuda()
+        loss_fn = nn.CrossEntropyLoss()
+        sgd = torch.optim.SGD(model.parameters(), lr=0.01)
+        opt = sgd if config == "plain" else MonitoredOptimizer(sgd, model, loss_fn, config)
+
+        def step(model=model, opt=opt, loss_fn=loss_fn) -> None:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        runners[config] = step
+    times: dict[str, list[float]] = {c: [] for c in runners}
+    for _ in range(3):
+        for step in runners.values():
+            step()
+    for _ in range(rounds):
+        for config, step in runners.items():
+            count = 20 if config == "plain" else 5
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(count):
+                step()
+            torch.cuda.synchronize()
+            times[config].append((time.perf_counter() - start) / count)
+    plain = times.pop("plain")
+    ratios = {c: statistics.median(t / p for t, p in zip(v, plain)) for c, v in times.items()}
+    ratios["plain_ms"] = 1e3 * statistics.median(plain)
+    return ratios
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
+    parser.add_argument("--steps", type=int, default=3, help="tracked steps compared (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    warnings.simplefilter("ignore", ReadingWarning)
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
+    print("| problem | reading | largest relative difference CPU vs CUDA |\n|---|---|---|")
+    for name in args.problems:
+        print("\n".join(compare(name, args.steps)), flush=True)
+    print("\n| problem | plain step | economy | business | full |\n|---|---|---|---|---|")
+    for name in args.problems:
+        r = step_ratios(name, args.rounds)
+        print(
+            f"| {name} | {r['plain_ms']:.2f} ms | {r['economy']:.2f}x | {r['business']:.2f}x "
+            f"| {r['full']:.2f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
