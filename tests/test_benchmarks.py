@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -68,3 +69,13 @@ def test_compare_without_the_original_names_the_install(monkeypatch, capsys) -> 
         benchmark_overhead.main(["--problems", "mlp", "--configs", "economy", "--compare"])
     assert exit_info.value.code != 0
     assert "cockpit-for-pytorch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_check_names_the_missing_device(capsys) -> None:
+    import check_cuda
+
+    with pytest.raises(SystemExit) as exit_info:
+        check_cuda.main(["--problems", "mlp"])
+    assert exit_info.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
