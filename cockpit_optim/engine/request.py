@@ -113,14 +113,14 @@ class Statistics:
     def signal_to_noise(self) -> tuple[float, int]:
         """``(sum_{d: v_d > 0} g_d^2 / v_d, #{d: v_d > 0})`` with the biased per-coordinate
         variance ``v_d = sgs_d / B - g_d^2`` (float64), shared by EarlyStopping and MeanGSNR."""
-        sums = torch.zeros(2, dtype=torch.float64)  # [sum of ratios, count]
+        sums = 0  # [sum of ratios, count], kept on the statistics' device until the one read
         for grad, sgs in self.blocks("mean_grads", "sgs"):
             grad2 = grad.square_()
             noise = sgs.div_(self.batch_size).sub_(grad2)
             keep = noise > 0
             ratios = grad2.div_(noise).masked_fill_(keep.logical_not(), 0.0)
-            sums += torch.stack([ratios.sum(), keep.sum().double()]).to(sums.device)
-        total, count = sums.tolist()
+            sums = sums + torch.stack([ratios.sum(), keep.sum().double()])
+        total, count = torch.as_tensor(sums, dtype=torch.float64).expand(2).tolist()
         return float(total), int(count)
 
     @functools.cached_property

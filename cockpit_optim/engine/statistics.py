@@ -224,8 +224,8 @@ class StatisticsEngine:
 
         Above the budget, a first round of ``histogram_draws`` draws is binned (what the previous
         tracked step needed, ``FIRST_ROUND`` at first); if the histogram's expected L1 sampling
-        error, ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` (independent draws; stratifying over the
-        samples only lowers it), exceeds ``TARGET_L1``, a second round brings it there (never past
+        error, ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` (independent draws; stratifying the draws
+        never raises it), exceeds ``TARGET_L1``, a second round brings it there (never past
         ``max_elements``).
         """
         specs = [s for s in (request.hist1d, request.hist2d) if s is not None]
