@@ -17,6 +17,7 @@ from .engine.distributed import combiner_for
 from .engine.losses import check_loss_module
 from .engine.request import Request, Statistics
 from .engine.statistics import StatisticsEngine
+from .engine.transfer import Deferred
 from .errors import CockpitError, ReadingWarning
 from .instruments import Instrument, resolve
 from .instruments.alpha import AlphaObservations, LineObservation
@@ -26,10 +27,15 @@ from .schedules import Schedule, as_schedule
 __all__ = ["MonitoredOptimizer"]
 
 
-def _flat_norm(tensors: Iterable[Tensor]) -> float:
-    """Euclidean norm of a list of tensors, accumulated in float64, one host sync."""
+def _flat_norm(tensors: Iterable[Tensor]) -> Tensor:
+    """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
     norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
-    return float(torch.linalg.vector_norm(torch.stack(norms)))
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _host(value: Any) -> Any:
+    """The host value of a :class:`Deferred` (values restored from a checkpoint are plain)."""
+    return value.value if isinstance(value, Deferred) else value
 
 
 class MonitoredOptimizer(Optimizer):
@@ -93,7 +99,6 @@ class MonitoredOptimizer(Optimizer):
         self._combiner = combiner_for(process_group)
         rank = self._combiner.rank
         self._generator = torch.Generator().manual_seed(seed)  # the same on every rank
-        self._sample_generator = torch.Generator().manual_seed(seed + 7919 * (rank + 1))
         self._request = Request()
         for instrument in self.instruments:
             self._request = self._request | instrument.request()
@@ -105,7 +110,7 @@ class MonitoredOptimizer(Optimizer):
             loss_fn,
             named,
             self._generator,
-            sample_generator=self._sample_generator,
+            sample_seed=seed + 7919 * (rank + 1),  # histogram draws: per rank, seeded per step
             combiner=self._combiner,
             curvature=self._curvature_method(),
             diagonal=self._request.diagonal,
@@ -126,6 +131,8 @@ class MonitoredOptimizer(Optimizer):
         self._step = 0
         self._theta0: list[Tensor] | None = None
         self._pending: dict | None = None
+        self._read_at = -1  # the step of the last host read
+        self._failed: set[int] = set()  # steps whose readings failed after they were queued
         self._arm()
 
     # ------------------------------------------------------------- torch.optim facade
@@ -159,6 +166,7 @@ class MonitoredOptimizer(Optimizer):
     def close(self) -> None:
         """End of training: complete a record still waiting for its Alpha (which then reads
         ``nan``), draw the final live plot (if any) and detach from the model."""
+        self.engine.transfer.read()
         if self._pending is not None:
             record, self._pending = self._pending["record"], None
             record["Alpha"] = float("nan")
@@ -232,7 +240,11 @@ class MonitoredOptimizer(Optimizer):
 
     # ----------------------------------------------------------------------- step
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """Evaluate ``closure`` (if given), take the readings due at this step, update."""
+        """Evaluate ``closure`` (if given), take the readings due at this step, update.
+
+        Statistics stay on the device until one host read per step (after the update; before
+        it when a completed Alpha must reach controllers first), after which the instruments
+        compute and records are finished."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -248,31 +260,53 @@ class MonitoredOptimizer(Optimizer):
             self._arm()
             raise
         except Exception as error:  # a failing gauge never stops training
-            warnings.warn(
-                f"readings of step {t} failed and are skipped: {error!r}",
-                ReadingWarning,
-                stacklevel=2,
-            )
-            record, stats, tracked, self._pending = None, None, False, None
+            self._skip(t, error)
+            record, stats, tracked = None, None, False
         before = None
         if tracked and self._request.update:
             before = [p.detach().clone() for p in self._params]
         self.optimizer.step()
         try:
             if tracked:
-                self._after_update(record, stats, before)
+                self._after_update(t, record, stats, before)
+            if self._read_at != t:
+                self._read()
         except Exception as error:
-            warnings.warn(
-                f"readings of step {t} failed and are skipped: {error!r}",
-                ReadingWarning,
-                stacklevel=2,
-            )
-            self._pending = None
+            self._skip(t, error)
         finally:
             self.engine.release()
             self._step += 1
             self._arm()
         return loss
+
+    def _skip(self, t: int, error: Exception) -> None:
+        warnings.warn(
+            f"readings of step {t} failed and are skipped: {error!r}", ReadingWarning, stacklevel=3
+        )
+        self._pending = None
+
+    def _read(self) -> None:
+        """The step's host read: resolves every queued value and runs what waited for them."""
+        self._read_at = self._step
+        self.engine.transfer.read()
+
+    def _then(self, t: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after the next read; a failure skips step ``t``'s readings only."""
+
+        def guarded() -> None:
+            try:
+                callback()
+            except Exception as error:
+                warnings.warn(
+                    f"readings of step {t} failed and are skipped: {error!r}",
+                    ReadingWarning,
+                    stacklevel=2,
+                )
+                self._failed.add(t)
+                if self._pending is not None and self._pending["record"]["step"] == t:
+                    self._pending = None
+
+        self.engine.transfer.then(guarded)
 
     def _has_alpha(self) -> bool:
         return any(i.name == "Alpha" for i in self.instruments)
@@ -297,73 +331,104 @@ class MonitoredOptimizer(Optimizer):
         self._check_gradients()
         request = self._request if tracked else Request(losses=True, projection=True)
         direction = self._pending["direction"] if completing else None
-        stats = self.engine.collect(request, self._lr(), direction)
+        stats = self.engine.collect(request, self._lr(), direction, step=t)
+        record = None
+        if tracked:
+            if self._request.distance:
+                distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
+                stats.distance = self.engine.transfer.defer(distance)
+            for instrument in self.instruments:
+                if not instrument.after_update:
+                    instrument.prepare(stats)
         if completing:
-            self._complete_alpha(stats)  # controllers may act here and change the lr
-            stats.lr = self._lr()
-        if not tracked:
-            return None, None
-        if self._request.distance:
-            stats.distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
-        record = {"step": t, "lr": self._lr()}
+            self._complete_alpha(stats)
+        if tracked:
+            record = {"step": t}
+            self._then(t, lambda: self._fill(record, stats))
+        if completing and self.controllers:
+            self._read()  # controllers act on the completed record before this update
+        return record, stats
+
+    def _fill(self, record: dict, stats: Statistics) -> None:
+        """Read the instruments computed before the update into ``record`` (after the read)."""
+        stats.lr = self._lr()  # a controller may have changed it before this update
+        record["lr"] = stats.lr
         if self.engine.approximate:
             record["approximate"] = True
         if stats.batch_size:
             record["batch_size"] = stats.batch_size
+        stats.resolve()
         for instrument in self.instruments:
             if not instrument.after_update:
-                self._read(instrument, stats, record)
-        return record, stats
+                self._take(instrument, stats, record)
 
-    def _read(self, instrument: Instrument, stats: Statistics, record: dict) -> None:
+    def _take(self, instrument: Instrument, stats: Statistics, record: dict) -> None:
         record[instrument.name] = instrument.read(stats)
         if hasattr(instrument, "extras"):
             record.update(instrument.extras(stats))
 
-    def _after_update(self, record: dict, stats: Statistics, before) -> None:
-        alpha = None
+    def _after_update(self, t: int, record: dict, stats: Statistics, before) -> None:
+        transfer = self.engine.transfer
+        after = Statistics(batch_size=stats.batch_size, names=self._names, lr=stats.lr)
+        alpha = False
         if before is not None:
             update = [p.detach() - b for p, b in zip(self._params, before)]
-            stats.update_size = _flat_norm(update)
+            size = _flat_norm(update)
+            after.update_size = transfer.defer(size)
             if self._has_alpha():
-                alpha = self._start_alpha(stats, update)
-        for instrument in self.instruments:
-            if instrument.after_update and instrument.name != "Alpha":
-                self._read(instrument, stats, record)
-        if alpha is None:
-            self._finish(record)
-        else:
-            self._pending = {"record": record, **alpha}
+                self._start_alpha(record, stats, update, size, after.update_size)
+                alpha = True
+
+        def conclude() -> None:
+            after.resolve()
+            for instrument in self.instruments:
+                if instrument.after_update and instrument.name != "Alpha":
+                    self._take(instrument, after, record)
+            if not alpha:
+                self._finish(record)
+
+        self._then(t, conclude)
 
     # ---------------------------------------------------------------------- Alpha
-    def _start_alpha(self, stats: Statistics, update: list[Tensor]) -> dict:
-        size = stats.update_size
-        if size == 0.0 or not math.isfinite(size):
-            return {"size": size, "direction": None, "start": None}
+    def _start_alpha(
+        self, record: dict, stats: Statistics, update: list[Tensor], size: Tensor, deferred
+    ) -> None:
+        """Alpha of this step waits for the next one; its direction ``update / ||update||``
+        stays on the device (a zero update is caught when the size is read)."""
         direction = [u / size for u in update]
         start = None
         projections = self.engine.project(direction)
         if stats.batch_size >= 2 and projections is not None:
-            start = LineObservation.from_samples(stats.losses, projections)
-        return {"size": size, "direction": direction, "start": start}
+            start = LineObservation.deferred(self.engine.transfer, stats.losses, projections)
+        self._pending = {"record": record, "size": deferred, "direction": direction, "start": start}
 
     def _complete_alpha(self, stats: Statistics) -> None:
         pending, self._pending = self._pending, None
         end = None
         if stats.projection is not None and stats.batch_size >= 2:
-            end = LineObservation.from_samples(stats.losses, stats.projection)
+            end = LineObservation.deferred(self.engine.transfer, stats.losses, stats.projection)
         reason = stats.unavailable.get("projection", "batch size below 2")
-        alpha_stats = Statistics(batch_size=stats.batch_size, names=self._names, lr=stats.lr)
-        alpha_stats.alpha = AlphaObservations(pending["size"], pending["start"], end)
-        alpha_stats.unavailable["alpha"] = reason
-        record = pending["record"]
-        for instrument in self.instruments:
-            if instrument.name == "Alpha":
-                record["Alpha"] = instrument.read(alpha_stats)
-        self._finish(record)
+        batch_size, t = stats.batch_size, pending["record"]["step"]
+
+        def complete() -> None:
+            alpha_stats = Statistics(batch_size=batch_size, names=self._names, lr=self._lr())
+            alpha_stats.alpha = AlphaObservations(
+                _host(pending["size"]), _host(pending["start"]), _host(end)
+            )
+            alpha_stats.unavailable["alpha"] = reason
+            record = pending["record"]
+            for instrument in self.instruments:
+                if instrument.name == "Alpha":
+                    record["Alpha"] = instrument.read(alpha_stats)
+            self._finish(record)
+
+        self._then(t, complete)
 
     # -------------------------------------------------------------------- records
     def _finish(self, record: dict) -> None:
+        if record["step"] in self._failed:
+            self._failed.discard(record["step"])
+            return
         actions = []
         for controller in self.controllers:
             actions.extend(controller.observe(record, self) or [])
@@ -390,13 +455,14 @@ class MonitoredOptimizer(Optimizer):
     # ---------------------------------------------------------------- state dicts
     def state_dict(self) -> dict:
         """The wrapped optimizer's state plus the monitor's (step, theta_0, pending Alpha data,
-        private generators, Lanczos warm start, histogram draw size, history, controllers)."""
+        private generator, Lanczos warm start, histogram draw size, history, controllers)."""
+        self.engine.transfer.read()  # values still on their way (a pending Alpha's start)
         pending = None
         if self._pending is not None:
-            start = self._pending["start"]
+            start = _host(self._pending["start"])
             pending = {
                 "record": self._pending["record"],
-                "size": self._pending["size"],
+                "size": _host(self._pending["size"]),
                 "direction": self._pending["direction"],
                 "start": None if start is None else vars(start).copy(),
             }
@@ -407,9 +473,6 @@ class MonitoredOptimizer(Optimizer):
                 "theta0": self._theta0,
                 "pending": pending,
                 "generator": self._generator.get_state(),
-                "sample_generators": self._combiner.gather_objects(
-                    self._sample_generator.get_state()
-                ),
                 "eigenvector": self.engine.eigenvector,
                 "histogram_draws": self.engine.histogram_draws,
                 "history": list(self.history),
@@ -440,9 +503,6 @@ class MonitoredOptimizer(Optimizer):
             }
         self._pending = pending
         self._generator.set_state(monitor["generator"].cpu())
-        states = monitor.get("sample_generators") or []
-        if len(states) == self._combiner.world_size:
-            self._sample_generator.set_state(states[self._combiner.rank].cpu())
         vector = monitor["eigenvector"]
         self.engine.eigenvector = None if vector is None else vector.to(self._params[0].device)
         self.engine.histogram_draws = int(

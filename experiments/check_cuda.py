@@ -4,8 +4,10 @@ For each problem (``problems.py``, batch 128), two copies of the model train the
 same monitor seed, one on the CPU and one on CUDA (TF32 off), each with every instrument of ``full``
 except the subsampled histograms, plus exact GradHist1d (``max_elements=None``). Printed per reading:
 the largest relative difference over the steps (the float32 arithmetic differs in order only), and
-for the exact histogram the fraction of elements binned differently. Then, on CUDA, the median over
-rounds of (tracked step / plain step) for economy, business and full, with synchronized timers.
+for the exact histogram the fraction of elements binned differently. On CUDA alone: the L1 distance
+of the default (subsampled) GradHist1d from the exact one, the number of host synchronizations in a
+tracked step (``torch.cuda.set_sync_debug_mode``), and the median over rounds of (tracked step /
+plain step) for economy, business and full, with synchronized timers.
 
     python experiments/check_cuda.py [--problems mlp 3c3d] [--steps 3] [--rounds 5]
 """
@@ -74,6 +76,63 @@ def compare(problem_name: str, steps: int) -> list[str]:
     return rows
 
 
+def subsample_l1(problem_name: str, steps: int) -> float:
+    """Largest L1 distance, over ``steps`` steps, between the normalized default (subsampled) and
+    exact GradHist1d of the same batch on CUDA (same edges: both use the adaptive range)."""
+    problem = build_problem(problem_name, 0)
+    model = copy.deepcopy(problem.model).cuda()
+    x, y = problem.inputs.cuda(), problem.labels.cuda()
+    loss_fn = nn.CrossEntropyLoss()
+    monitors = [
+        MonitoredOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn, [instrument], seed=0
+        )
+        for instrument in (GradHist1d(), GradHist1d(max_elements=None))
+    ]
+    worst = 0.0
+    for _ in range(steps):
+        records = []
+        for monitor in monitors:
+            monitor.zero_grad()
+            loss_fn(model(x), y).backward()
+            monitor.step()
+            hist = monitor.history[-1]["GradHist1d"]
+            counts = [hist["underflow"], *hist["counts"], hist["overflow"]]
+            records.append([c / sum(counts) for c in counts])
+        worst = max(worst, sum(abs(a - b) for a, b in zip(*records)))
+    for monitor in monitors:
+        monitor.close()
+    return worst
+
+
+def host_syncs(problem_name: str, steps: int = 3) -> dict[str, list[int]]:
+    """Synchronizing CUDA calls per tracked step (after a warm-up step), per configuration."""
+    problem = build_problem(problem_name, 0)
+    x, y = problem.inputs.cuda(), problem.labels.cuda()
+    out = {}
+    for config in ("economy", "business", "full"):
+        model = copy.deepcopy(problem.model).cuda()
+        loss_fn = nn.CrossEntropyLoss()
+        opt = MonitoredOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.01), model, loss_fn, config
+        )
+        counts = []
+        for step in range(steps + 1):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                opt.step()
+                torch.cuda.set_sync_debug_mode("default")
+            syncs = [w for w in caught if "synchroniz" in str(w.message)]
+            if step:
+                counts.append(len(syncs))
+        opt.close()
+        out[config] = counts
+    return out
+
+
 def step_ratios(problem_name: str, rounds: int) -> dict[str, float]:
     """Median over rounds of (tracked step time / plain step time) on CUDA, interleaved."""
     problem = build_problem(problem_name, 0)
@@ -125,6 +184,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| problem | reading | largest relative difference CPU vs CUDA |\n|---|---|---|")
     for name in args.problems:
         print("\n".join(compare(name, args.steps)), flush=True)
+    print("\n| problem | default GradHist1d vs exact: largest L1 |\n|---|---|")
+    for name in args.problems:
+        print(f"| {name} | {subsample_l1(name, args.steps):.4f} |", flush=True)
+    print(
+        "\n| problem | host syncs per tracked step: economy | business | full |\n|---|---|---|---|"
+    )
+    for name in args.problems:
+        s = host_syncs(name)
+        print(f"| {name} | {s['economy']} | {s['business']} | {s['full']} |", flush=True)
     print("\n| problem | plain step | economy | business | full |\n|---|---|---|---|---|")
     for name in args.problems:
         r = step_ratios(name, args.rounds)

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -141,6 +142,15 @@ class _Basis:
 _CHUNK = 4
 
 
+def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
+    """The Lanczos matrix: ``alphas`` on the diagonal, ``betas`` beside it (float64, host)."""
+    matrix = np.diag(np.asarray(alphas, dtype=np.float64))
+    if betas:
+        off = np.asarray(betas, dtype=np.float64)
+        matrix += np.diag(off, 1) + np.diag(off, -1)
+    return matrix
+
+
 def lanczos_max_eigenvalue(
     matvec: Callable[[Tensor], Tensor],
     start: Tensor,
@@ -170,37 +180,37 @@ def lanczos_max_eigenvalue(
         for k in range(size):
             w = matvec(basis[k])
             products += 1
-            alphas.append(float(w @ basis[k]))
+            alpha = w @ basis[k]
             for _ in range(2):  # full reorthogonalization, twice is enough
                 w = basis.project_out(w)
-            beta = float(w.norm())
-            tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if k:
-                off = torch.tensor(betas, dtype=torch.float64)
-                tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
-            evals, evecs = torch.linalg.eigh(tridiagonal)
+            alpha, beta = torch.stack([alpha, w.norm()]).tolist()  # one host read per product
+            if not (math.isfinite(alpha) and math.isfinite(beta)):
+                raise RuntimeError("a Hessian-vector product is not finite")
+            alphas.append(alpha)
+            evals, evecs = np.linalg.eigh(_tridiagonal(alphas, betas))
             value = float(evals[-1])
-            top = evecs[:, -1].to(device=start.device, dtype=start.dtype)
-            residual = abs(beta * float(top[-1]))
+            residual = abs(beta * float(evecs[-1, -1]))
             bound = residual
             if restarts == 0 and k >= 1 and evals[-1] > evals[-2]:
                 bound = min(residual, residual**2 / float(evals[-1] - evals[-2]))
             scale = abs(value) if value != 0 else 1.0
             converged = bound <= _SAFETY * rtol * scale or beta <= 1e-12 * scale
+            top = torch.from_numpy(evecs[:, -1].copy())
             if converged or products == max_iter or k + 1 == dim:
-                return EigenResult(value, basis.combine(top), products, converged or k + 1 == dim)
+                vector = basis.combine(top.to(device=start.device, dtype=start.dtype))
+                return EigenResult(value, vector, products, converged or k + 1 == dim)
             if k + 1 < size:
                 betas.append(beta)
                 basis.append(w / beta)
-        vector = basis.combine(top)  # restart from the top Ritz vector
+        vector = basis.combine(top.to(device=start.device, dtype=start.dtype))  # restart
         restarts += 1
 
 
 @dataclass
 class DiagonalEstimate:
     diagonal: Tensor
-    trace: float
-    trace_stderr: float
+    trace: Tensor  # 0-d, on the device (read with the step's other values)
+    trace_stderr: Tensor
 
 
 def hutchinson(
@@ -216,10 +226,12 @@ def hutchinson(
         v = (torch.randint(0, 2, (dim,), generator=generator) * 2 - 1).to(device, torch.float64)
         product = v * matvec(v)
         diagonal += product
-        quadratic.append(float(product.sum()))
-    values = torch.tensor(quadratic, dtype=torch.float64)
-    stderr = float(values.std() / math.sqrt(probes)) if probes > 1 else math.inf
-    return DiagonalEstimate(diagonal / probes, float(values.mean()), stderr)
+        quadratic.append(product.sum())
+    values = torch.stack(quadratic)
+    stderr = (
+        values.std() / math.sqrt(probes) if probes > 1 else torch.full_like(values[0], math.inf)
+    )
+    return DiagonalEstimate(diagonal / probes, values.mean(), stderr)
 
 
 DIAGONAL_METHODS = {"exact": "diag_h", "ggn": "diag_ggn_exact", "mc-ggn": "diag_ggn_mc"}

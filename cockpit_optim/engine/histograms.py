@@ -9,11 +9,16 @@ coordinates within the row; each one is computed directly from the layer's input
 gradient: every element is equally likely to be binned and no ``B x D`` tensor is formed.
 (Drawing whole rows instead correlates the draws and multiplies the error several times; the
 stratification saves random numbers, and its error equals that of independent draws, measured.)
+
+Everything stays on the parameters' device: random numbers come from a generator on that device,
+the range is a pair of 0-d tensors, and counts are read with the step's one host read (the
+records are built from the host values by :func:`record_1d` and :func:`record_2d`).
 """
 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 from torch import Tensor
@@ -23,11 +28,13 @@ from .layers import LayerRule
 # Exact binning materializes at most this many rows' elements at once.
 _CHUNK_ELEMENTS = 2**22
 
+Bounds = tuple[Tensor, Tensor]  # (low, high), 0-d float64 tensors on the counts' device
 
-def _count_for(expected: float, generator: torch.Generator) -> int:
+
+def _count_for(expected: float, rounding: random.Random) -> int:
     """``expected`` rounded stochastically, so the mean count is exact."""
     count = int(expected)
-    if torch.rand((), generator=generator).item() < expected - count:
+    if rounding.random() < expected - count:
         count += 1
     return count
 
@@ -38,14 +45,14 @@ def _stratified_rows(
     """``count`` pairs ``(sample, row)``: every pair ``count // (batch * rows)`` times, the
     remainder on uniformly random pairs.  Each pair is equally likely, the error is never above
     that of independent pairs, and no random numbers are spent on the repeated part."""
-    repeats, rest = divmod(count, batch * rows)
-    samples = torch.arange(batch).repeat_interleave(rows).repeat(repeats)
-    within = torch.arange(rows).repeat(batch * repeats)
-    if rest:
-        extra = torch.randint(0, batch * rows, (rest,), generator=generator)
-        samples = torch.cat([samples, extra // rows])
-        within = torch.cat([within, extra % rows])
-    return samples, within
+    device = generator.device
+    pairs = batch * rows
+    repeated = count - count % pairs
+    index = torch.arange(repeated, device=device).remainder_(pairs)
+    if count > repeated:
+        extra = torch.randint(0, pairs, (count - repeated,), generator=generator, device=device)
+        index = torch.cat([index, extra])
+    return index.div(rows, rounding_mode="floor"), index.remainder_(rows)
 
 
 class ElementSample:
@@ -54,24 +61,19 @@ class ElementSample:
     def __init__(self) -> None:
         self.values: dict[str, list[Tensor]] = {}
         self.params: dict[str, list[Tensor]] = {}
-        self.population: dict[str, int] = {}
-
-    def extend(self, other: ElementSample) -> None:
-        """Add the independent draws of ``other`` (same parameters)."""
-        for name, chunks in other.values.items():
-            self.values[name].extend(chunks)
-            self.params[name].extend(other.params[name])
 
 
 def draw_elements(
     rules: list[tuple[LayerRule, list[str]]],
     max_elements: int | None,
     generator: torch.Generator,
+    rounding: random.Random,
     with_params: bool,
     population: int | None = None,
 ) -> ElementSample:
     """All elements when ``B*D <= max_elements`` (or ``max_elements is None``), else a subsample
-    (``population``: ``B*D`` of the global batch when several ranks draw their share)."""
+    (``population``: ``B*D`` of the global batch when several ranks draw their share).
+    ``generator`` lives on the parameters' device; ``rounding`` rounds each parameter's share."""
     sample = ElementSample()
     if population is None:
         population = sum(rule.batch_size * p.numel() for rule, _ in rules for p in rule.params)
@@ -82,16 +84,18 @@ def draw_elements(
         batch = rule.batch_size
         for index, (name, param) in enumerate(zip(names, rule.params)):
             size = param.numel()
-            sample.population[name] = batch * size
             flat_param = param.detach().reshape(-1)
             per_sample, row_len = rule.row_shape(index)
             if fraction < 1.0:  # uniform coordinates within each row: no correlated blocks
-                count = _count_for(fraction * batch * size, generator)
+                count = _count_for(fraction * batch * size, rounding)
                 samples, rows = _stratified_rows(count, batch, per_sample, generator)
                 if row_len > 1:
-                    cols = torch.randint(0, row_len, (count,), generator=generator)
+                    cols = torch.randint(
+                        0, row_len, (count,), generator=generator, device=generator.device
+                    )
                 else:
-                    cols = torch.zeros(count, dtype=torch.int64)
+                    cols = torch.zeros_like(rows)
+                # a model spread over devices: device-to-device copies, no host involved
                 samples, rows, cols = (t.to(param.device) for t in (samples, rows, cols))
                 sample.values[name] = [rule.elements(index, samples, rows, cols)]
                 sample.params[name] = (
@@ -112,28 +116,37 @@ def draw_elements(
     return sample
 
 
-def _bucket(values: Tensor, low: float, high: float, bins: int) -> Tensor:
+def _bucket(values: Tensor, low: Tensor, high: Tensor, bins: int) -> Tensor:
     """Bin index per value, shifted by one: 0 below the range, ``1..bins`` inside (bins
     ``[e_i, e_{i+1})`` with ``e_i = low + (high - low) i / bins``, the last one closed), ``bins + 1``
     above, ``bins + 2`` for NaN.  The index is ``floor((v - low) / (high - low) * bins)``, exact at
     ``v = low`` and, for symmetric ranges, at ``v = 0``."""
     scaled = torch.sub(values, low).div_(high - low).mul_(bins).floor_()
     scaled.clamp_(-1, bins).add_(1)
-    scaled[values == high] = bins  # the last bin is closed
+    scaled.masked_fill_(values == high, bins)  # the last bin is closed
     scaled.nan_to_num_(nan=bins + 2)
     return scaled.long()
 
 
-def _count(values: Tensor, low: float, high: float, bins: int) -> Tensor:
+def _bincount(index: Tensor, size: int) -> Tensor:
+    """``bincount(index, minlength=size)`` for ``0 <= index < size``; on a GPU by ``index_add_``,
+    since CUDA's ``bincount`` reads the largest index back to the host."""
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=size)
+    counts = torch.zeros(size, dtype=torch.int64, device=index.device)
+    return counts.index_add_(0, index, torch.ones_like(index))
+
+
+def _count(values: Tensor, low: Tensor, high: Tensor, bins: int) -> Tensor:
     """``[underflow, counts..., overflow, nan]`` (int64, on ``values.device``)."""
-    return torch.bincount(_bucket(values, low, high, bins), minlength=bins + 3)
+    return _bincount(_bucket(values, low, high, bins), bins + 3)
 
 
 def _edges(low: float, high: float, bins: int) -> list[float]:
     return [low + (high - low) * i / bins for i in range(bins)] + [high]
 
 
-def counts_1d(sample: ElementSample, low: float, high: float, bins: int) -> Tensor:
+def counts_1d(sample: ElementSample, low: Tensor, high: Tensor, bins: int) -> Tensor:
     """Per-parameter table ``[underflow, counts..., overflow, nan, drawn]`` (int64, one row per
     parameter in ``sample`` order): sums over rounds of draws and over ranks."""
     device = _device(sample)
@@ -147,11 +160,21 @@ def counts_1d(sample: ElementSample, low: float, high: float, bins: int) -> Tens
     return torch.stack(rows)
 
 
+def table_rows(flat: list[float], bins: int) -> list[list[int]]:
+    """The rows of a :func:`counts_1d` table from its flat host values."""
+    width = bins + 4
+    return [[int(v) for v in flat[i : i + width]] for i in range(0, len(flat), width)]
+
+
 def record_1d(
-    table: Tensor, names: list[str], populations: list[int], low: float, high: float, bins: int
+    rows: list[list[int]],
+    names: list[str],
+    populations: list[int],
+    low: float,
+    high: float,
+    bins: int,
 ) -> dict:
-    """GradHist1d record (SPEC section 3) from a :func:`counts_1d` table."""
-    rows = table.cpu().tolist()
+    """GradHist1d record (SPEC section 3) from the host rows of a :func:`counts_1d` table."""
     layers = {
         name: {
             "counts": row[1 : bins + 1],
@@ -162,7 +185,7 @@ def record_1d(
         }
         for name, row, population in zip(names, rows, populations)
     }
-    total = table.sum(0).cpu().tolist()
+    total = [sum(column) for column in zip(*rows)]
     return {
         "edges": _edges(low, high, bins),
         "counts": total[1 : bins + 1],
@@ -182,10 +205,7 @@ def _device(sample: ElementSample) -> torch.device:
 
 
 def counts_2d(
-    sample: ElementSample,
-    param_range: tuple[float, float],
-    grad_range: tuple[float, float],
-    bins: tuple[int, int],
+    sample: ElementSample, param_range: Bounds, grad_range: Bounds, bins: tuple[int, int]
 ) -> Tensor:
     """Flat table of pair counts with under/overflow/nan rows and columns, plus the number drawn
     as the last entry (int64): sums over ranks."""
@@ -197,41 +217,43 @@ def counts_2d(
             g_index = _bucket(values, *grad_range, grad_bins)
             p_index = _bucket(params, *param_range, param_bins)
             flat = p_index.mul_(grad_bins + 3).add_(g_index)
-            counts[:size] += torch.bincount(flat, minlength=size)
+            counts[:size] += _bincount(flat, size)
             counts[size] += values.numel()
     return counts
 
 
 def record_2d(
-    counts: Tensor,
+    counts: list[float],
     population: int,
     param_range: tuple[float, float],
     grad_range: tuple[float, float],
     bins: tuple[int, int],
 ) -> dict:
-    """GradHist2d record: ``counts[i][j]`` pairs with ``theta`` in bin i and ``g`` in bin j."""
+    """GradHist2d record from the host values of a :func:`counts_2d` table: ``counts[i][j]``
+    pairs with ``theta`` in bin i and ``g`` in bin j."""
     param_bins, grad_bins = bins
-    counts = counts.cpu()
-    drawn = int(counts[-1])
-    table = counts[:-1].reshape(param_bins + 3, grad_bins + 3)
-    nan = int(table[:, grad_bins + 2].sum())
-    inside = table[1 : param_bins + 1, 1 : grad_bins + 1]
+    width = grad_bins + 3
+    values = [int(v) for v in counts]
+    drawn = values[-1]
+    table = [values[i * width : (i + 1) * width] for i in range(param_bins + 3)]
+    nan = sum(row[grad_bins + 2] for row in table)
+    inside = [row[1 : grad_bins + 1] for row in table[1 : param_bins + 1]]
     return {
         "param_edges": _edges(*param_range, param_bins),
         "grad_edges": _edges(*grad_range, grad_bins),
-        "counts": inside.tolist(),
-        "outside": drawn - nan - int(inside.sum()),
+        "counts": inside,
+        "outside": drawn - nan - sum(map(sum, inside)),
         "binned": drawn - nan,
         "population": population,
     }
 
 
-def expected_l1(table: Tensor, bins: int) -> float:
+def expected_l1(rows: list[list[int]], bins: int) -> float:
     """Expected L1 distance between a histogram of ``n`` independent draws and the exact one,
-    ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))``, with ``p`` estimated from the counts themselves."""
-    counts = table.sum(0)[: bins + 2].double()
-    total = float(counts.sum())
+    ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))``, with ``p`` estimated from the counts themselves
+    (host rows of a :func:`counts_1d` table)."""
+    counts = [sum(column) for column in zip(*rows)][: bins + 2]
+    total = sum(counts)
     if total == 0:
         return 0.0
-    p = counts / total
-    return float(torch.sqrt(2 * p * (1 - p) / (math.pi * total)).sum())
+    return sum(math.sqrt(2 * (c / total) * (1 - c / total) / (math.pi * total)) for c in counts)

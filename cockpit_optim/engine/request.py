@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .curvature import EigenResult
+from .transfer import Deferred, HostTransfer
 
 # Block size of the float64 reductions over all coordinates.
 _BLOCK = 2**22
@@ -75,6 +75,10 @@ class Statistics:
     ``mean_grads`` = ``g``, ``sgs`` = ``sum_n g_n^2`` per coordinate, ``diagonal`` = Hessian
     diagonal (or GGN, see ``diagonal_method``).  ``unavailable`` maps a statistic that could not be
     computed at this step to the reason.
+
+    Scalars reach the host once per step (:mod:`.transfer`): instruments queue the reductions
+    they read in ``prepare`` (:meth:`reduce`), and the fields in ``DEFERRED_FIELDS`` hold a
+    :class:`~.transfer.Deferred` until :meth:`resolve` replaces it by its value after the read.
     """
 
     batch_size: int
@@ -99,6 +103,8 @@ class Statistics:
     rank_grad_sq_norm: float | None = None  # mean over ranks of ||g_rank||^2 (distributed only)
     rank_batch_size: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    transfer: HostTransfer = field(default_factory=HostTransfer, repr=False)
+    _reductions: dict[str, tuple[Tensor, Deferred]] = field(default_factory=dict, repr=False)
 
     def blocks(self, *fields: str) -> Iterator[tuple[Tensor, ...]]:
         """Matching float64 blocks (at most ``2^22`` elements) of per-parameter statistics, e.g.
@@ -109,36 +115,114 @@ class Statistics:
             for start in range(0, flats[0].numel(), _BLOCK):
                 yield tuple(f[start : start + _BLOCK].to(torch.float64, copy=True) for f in flats)
 
-    @functools.cached_property
+    def block_sum(self, fields: tuple[str, ...], term: Callable[..., Tensor]) -> Tensor:
+        """``sum`` over all blocks of ``term(*blocks)`` (a float64 tensor of a fixed shape), left on
+        the statistics' device."""
+        total = None
+        for blocks in self.blocks(*fields):
+            value = term(*blocks)
+            total = value if total is None else total.add_(value)
+        return total
+
+    def reduce(
+        self,
+        name: str,
+        compute: Callable[[Statistics], Tensor] | None = None,
+        inputs: tuple[str, ...] = (),
+    ) -> Tensor | None:
+        """Queue the reduction ``name`` for the step's host read, once per step, and return its
+        device tensor (``None`` when one of its inputs was not computed).  ``name`` is one of
+        :data:`REDUCTIONS` unless ``compute`` (with its ``inputs``) is given."""
+        if name not in self._reductions:
+            if compute is None:
+                inputs, compute = REDUCTIONS[name]
+            if any(getattr(self, field_name) is None for field_name in inputs):
+                return None
+            tensor = compute(self)
+            self._reductions[name] = (tensor, self.transfer.defer(tensor))
+        return self._reductions[name][0]
+
+    def reduced(self, name: str) -> Any:
+        """Host value of a reduction queued with :meth:`reduce` (after the step's read)."""
+        if name not in self._reductions:
+            raise RuntimeError(
+                f"the reduction {name!r} was not queued: name it in the instrument's ``reads`` "
+                "(or call stats.reduce in its ``prepare``)"
+            )
+        return self._reductions[name][1].value
+
+    def resolve(self) -> None:
+        """Replace every deferred field by its host value (after the step's read)."""
+        for name in DEFERRED_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, Deferred):
+                setattr(self, name, value.value)
+
+    @property
+    def loss_mean(self) -> float:
+        """``L_B = (1/B) sum_n l_n``."""
+        return self.reduced("loss_mean")
+
+    @property
     def signal_to_noise(self) -> tuple[float, int]:
         """``(sum_{d: v_d > 0} g_d^2 / v_d, #{d: v_d > 0})`` with the biased per-coordinate
         variance ``v_d = sgs_d / B - g_d^2`` (float64), shared by EarlyStopping and MeanGSNR."""
-        sums = 0  # [sum of ratios, count], kept on the statistics' device until the one read
-        for grad, sgs in self.blocks("mean_grads", "sgs"):
-            grad2 = grad.square_()
-            noise = sgs.div_(self.batch_size).sub_(grad2)
-            keep = noise > 0
-            ratios = grad2.div_(noise).masked_fill_(keep.logical_not(), 0.0)
-            sums = sums + torch.stack([ratios.sum(), keep.sum().double()])
-        total, count = torch.as_tensor(sums, dtype=torch.float64).expand(2).tolist()
-        return float(total), int(count)
+        total, count = self.reduced("signal_to_noise")
+        return total, int(count)
 
-    @functools.cached_property
+    @property
     def diagonal_sum(self) -> float:
         """``sum_d`` of the curvature diagonal, in float64."""
-        return float(sum(block.sum() for (block,) in self.blocks("diagonal")))
+        return self.reduced("diagonal_sum")
 
-    @functools.cached_property
+    @property
     def sq_norms_sum(self) -> float:
-        """``sum_n ||g_n||^2`` (read once per step, shared by the instruments)."""
-        return float(self.sq_norms.sum())
+        """``sum_n ||g_n||^2``."""
+        return self.reduced("sq_norms_sum")
 
-    @functools.cached_property
+    @property
     def dots_sq_sum(self) -> float:
         """``sum_n (g_n . g)^2``."""
-        return float(self.dots.square().sum())
+        return self.reduced("dots_sq_sum")
 
-    @functools.cached_property
+    @property
     def grad_sq_norm(self) -> float:
         """``||g||^2`` in float64."""
-        return float(sum(grad.square().sum() for (grad,) in self.blocks("mean_grads")))
+        return self.reduced("grad_sq_norm")
+
+
+#: Fields that may hold a :class:`~.transfer.Deferred` until :meth:`Statistics.resolve`.
+DEFERRED_FIELDS = (
+    "grad_norms",
+    "hist1d",
+    "hist2d",
+    "distance",
+    "update_size",
+    "trace_stderr",
+    "rank_grad_sq_norm",
+)
+
+
+def _signal_to_noise(stats: Statistics) -> Tensor:
+    def term(grad: Tensor, sgs: Tensor) -> Tensor:
+        grad2 = grad.square_()
+        noise = sgs.div_(stats.batch_size).sub_(grad2)
+        keep = noise > 0
+        ratios = grad2.div_(noise).masked_fill_(keep.logical_not(), 0.0)
+        return torch.stack([ratios.sum(), keep.sum().double()])
+
+    return stats.block_sum(("mean_grads", "sgs"), term)
+
+
+#: Shared reductions: name -> (statistics they need, float64 device tensor from the statistics).
+REDUCTIONS: dict[str, tuple[tuple[str, ...], Callable[[Statistics], Tensor]]] = {
+    "loss_mean": (("losses",), lambda s: s.losses.double().mean()),
+    "sq_norms_sum": (("sq_norms",), lambda s: s.sq_norms.double().sum()),
+    "dots_sq_sum": (("dots",), lambda s: s.dots.double().square().sum()),
+    "grad_sq_norm": (
+        ("mean_grads",),
+        lambda s: s.block_sum(("mean_grads",), lambda g: g.square_().sum()),
+    ),
+    "signal_to_noise": (("mean_grads", "sgs"), _signal_to_noise),
+    "diagonal_sum": (("diagonal",), lambda s: s.block_sum(("diagonal",), torch.sum)),
+}

@@ -3,7 +3,9 @@ active instruments request, layer by layer, and hand instruments a :class:`Stati
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
 
 import torch
 from torch import Tensor, nn
@@ -21,19 +23,29 @@ from .curvature import (
 from .distributed import LocalCombiner
 from .ggn import ggn_diagonal
 from .ggn import supports as ggn_supports
-from .histograms import counts_1d, counts_2d, draw_elements, expected_l1, record_1d, record_2d
+from .histograms import (
+    Bounds,
+    counts_1d,
+    counts_2d,
+    draw_elements,
+    expected_l1,
+    record_1d,
+    record_2d,
+    table_rows,
+)
 from .layers import LayerRule
 from .losses import individual_losses
 from .request import HistogramRequest, Request, Statistics
 from .rules import build_rules
+from .transfer import HostTransfer
 
 # Default gradient range of the histograms: +- this many RMS values of all elements g_{n,d}.
 ADAPTIVE_RANGE_RMS = 6.0
-# Subsampled histograms: the expected L1 error the draws aim for, the first round's size at the
-# first tracked step, and its floor later (it follows what the previous tracked step needed).
+# Subsampled histograms: the expected L1 error the draws aim for, the number of draws at the
+# first tracked step, and the floor later (each step draws what the previous one needed).
 TARGET_L1 = 0.0075
-FIRST_ROUND = 2**18
-MIN_FIRST_ROUND = 2**15
+FIRST_DRAWS = 2**19
+MIN_DRAWS = 2**15
 # Lanczos basis for HessMaxEV: as many vectors as fit in LANCZOS_BYTES, within these bounds.
 LANCZOS_BYTES = 2**30
 MIN_LANCZOS_BASIS, MAX_LANCZOS_BASIS = 8, 24
@@ -48,7 +60,7 @@ class StatisticsEngine:
         loss_fn: nn.Module,
         named_params: list[tuple[str, Tensor]],
         generator: torch.Generator,
-        sample_generator: torch.Generator | None = None,
+        sample_seed: int = 0,
         combiner: LocalCombiner | None = None,
         curvature: str = "exact",
         diagonal: bool = False,
@@ -61,7 +73,9 @@ class StatisticsEngine:
         self.names = [name for name, _ in named_params]
         self.params = [param for _, param in named_params]
         self.generator = generator  # identical on all ranks: probes, start vectors, seeds
-        self.sample_generator = sample_generator or generator  # per rank: histogram draws
+        self.sample_seed = sample_seed  # per rank: histogram draws, seeded per step from it
+        self._device_generators: dict[torch.device, torch.Generator] = {}
+        self.transfer = HostTransfer()  # the step's one device-to-host read
         self.combiner = combiner or LocalCombiner()
         # Replays run the plain module: a DistributedDataParallel wrapper expects a backward.
         self.replay_model = getattr(model, "module", model) if _is_ddp(model) else model
@@ -71,7 +85,7 @@ class StatisticsEngine:
         self.hutchinson_probes = hutchinson_probes
         self.batchnorm_approximation = batchnorm_approximation
         self._warned_estimate = False
-        self.histogram_draws = FIRST_ROUND  # first-round size of the next subsampled histogram
+        self.histogram_draws = FIRST_DRAWS  # draws of the next subsampled histogram
         self._ggn_exact = diagonal and ggn_supports(self.replay_model, loss_fn, curvature)
         if diagonal and isinstance(self.replay_model, nn.Sequential):
             self.diagonal = DiagonalCurvature(self.replay_model, loss_fn, curvature)
@@ -122,12 +136,15 @@ class StatisticsEngine:
 
     # ------------------------------------------------------------------------ collect
     def collect(
-        self, request: Request, lr: float, direction: list[Tensor] | None = None
+        self, request: Request, lr: float, direction: list[Tensor] | None = None, step: int = 0
     ) -> Statistics:
         """Compute the requested statistics from the recorded pass (parameters still at theta_t);
-        with ``direction``, also ``g_n . direction`` (``stats.projection``) in the same pass."""
+        with ``direction``, also ``g_n . direction`` (``stats.projection``) in the same pass.
+        Scalars are queued on ``self.transfer`` (no host read here); ``step`` seeds the
+        histogram draws, so a resumed run draws exactly as an uninterrupted one."""
+        self._step = step
         if not (request.captures or direction is not None):
-            stats = Statistics(batch_size=0, names=self.names, lr=lr)
+            stats = Statistics(batch_size=0, names=self.names, lr=lr, transfer=self.transfer)
         else:
             self._check_batchnorm()
             output, target = self._loss_inputs()
@@ -135,7 +152,13 @@ class StatisticsEngine:
                 local = individual_losses(self.loss_fn, output, target).double()
             self.local_batch = local.numel()
             (losses,) = self.combiner.gather([local])
-            stats = Statistics(batch_size=losses.numel(), names=self.names, lr=lr, losses=losses)
+            stats = Statistics(
+                batch_size=losses.numel(),
+                names=self.names,
+                lr=lr,
+                losses=losses,
+                transfer=self.transfer,
+            )
         if request.grad_norms:
             norms = torch.stack(
                 [
@@ -143,7 +166,9 @@ class StatisticsEngine:
                     for p in self.params
                 ]
             )
-            stats.grad_norms = dict(zip(self.names, norms.tolist()))
+            stats.grad_norms = self.transfer.defer(
+                norms, convert=lambda values: dict(zip(self.names, values))
+            )
         if request.first_order or request.projection or direction is not None:
             self._first_order(request, stats, direction)
         if request.diagonal or request.max_eigenvalue:
@@ -200,7 +225,7 @@ class StatisticsEngine:
             summed = self.combiner.sum([m * weight for m in means] + (sgs if request.sgs else []))
             means, sgs = summed[: len(means)], summed[len(means) :] or sgs
             (rank_sq,) = self.combiner.sum([local_sq.reshape(1)])
-            stats.rank_grad_sq_norm = float(rank_sq) / self.combiner.world_size
+            stats.rank_grad_sq_norm = self.transfer.defer(rank_sq / self.combiner.world_size)
             stats.rank_batch_size = local_batch
             if request.dots:
                 dots = sum(
@@ -220,67 +245,88 @@ class StatisticsEngine:
             self._histograms(request, stats, rules)
 
     def _histograms(self, request: Request, stats: Statistics, rules) -> None:
-        """Bin one shared sample of elements for GradHist1d and GradHist2d.
+        """Bin one shared sample of elements for GradHist1d and GradHist2d, on the device.
 
-        Above the budget, a first round of ``histogram_draws`` draws is binned (what the previous
-        tracked step needed, ``FIRST_ROUND`` at first); if the histogram's expected L1 sampling
-        error, ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` (independent draws; stratifying the draws
-        never raises it), exceeds ``TARGET_L1``, a second round brings it there (never past
-        ``max_elements``).
+        Above the budget, ``histogram_draws`` elements are drawn: ``FIRST_DRAWS`` at the first
+        tracked step, then what the previous tracked step needed for the expected L1 sampling
+        error ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` of its histogram (independent draws;
+        stratifying them never raises it) to reach ``TARGET_L1`` (never past ``max_elements``).
         """
         specs = [s for s in (request.hist1d, request.hist2d) if s is not None]
         budgets = [s.max_elements for s in specs]
         budget = None if None in budgets else max(budgets)
-        with_params = request.hist2d is not None
-        first = budget if budget is None else min(budget, self.histogram_draws)
-        local_population = sum(
-            rule.batch_size * p.numel() for rule, _ in rules for p in rule.params
+        draws = budget if budget is None else min(budget, self.histogram_draws)
+        populations = {
+            name: rule.batch_size * p.numel() * stats.batch_size // self.local_batch
+            for rule, names in rules
+            for name, p in zip(names, rule.params)
+        }
+        population = sum(populations.values())
+        generator, rounding = self._draw_streams()
+        sample = draw_elements(
+            rules, draws, generator, rounding, request.hist2d is not None, population
         )
-        population = local_population * stats.batch_size // self.local_batch
-        sample = draw_elements(rules, first, self.sample_generator, with_params, population)
-        rms = math.sqrt(stats.sq_norms_sum / population) if population else 0.0
+        device = generator.device
+        sq_total = stats.reduce("sq_norms_sum")
+        rms = torch.sqrt(sq_total / population) if population else torch.zeros((), device=device)
+        adaptive = ADAPTIVE_RANGE_RMS * rms
+        adaptive = torch.where((rms > 0) & torch.isfinite(rms), adaptive, 1.0)
 
-        def grad_range(spec: HistogramRequest | None) -> tuple[float, float]:
+        def grad_range(spec: HistogramRequest | None) -> Bounds:
             if spec is not None and spec.range is not None:
-                return float(spec.range[0]), float(spec.range[1])
-            half = ADAPTIVE_RANGE_RMS * rms if rms > 0 and math.isfinite(rms) else 1.0
-            return -half, half
+                return tuple(_scalar(float(v), device) for v in spec.range)
+            return -adaptive, adaptive
 
         spec1 = request.hist1d or HistogramRequest(100, None, budget)
-        low, high = grad_range(spec1)
-        table = self._table_1d(sample, low, high, int(spec1.bins))
-        drawn = int(table[:, -1].sum())
-        if budget is not None and drawn < population:
-            needed = math.ceil(drawn * (expected_l1(table, int(spec1.bins)) / TARGET_L1) ** 2)
-            if needed > drawn and budget > drawn:
-                extra = min(budget, needed) - drawn
-                more = draw_elements(rules, extra, self.sample_generator, with_params, population)
-                table = table + self._table_1d(more, low, high, int(spec1.bins))
-                sample.extend(more)
-            self.histogram_draws = max(MIN_FIRST_ROUND, math.ceil(1.05 * needed))
+        bins = int(spec1.bins)
+        bounds = grad_range(spec1)
+        (table,) = self.combiner.sum([counts_1d(sample, *bounds, bins)])
+        names = list(sample.values)
+        subsampled = budget is not None and population > budget
+
+        def record(flat: list[float], edges: list[float]) -> dict:
+            rows = table_rows(flat, bins)
+            if subsampled:
+                drawn = sum(row[-1] for row in rows)
+                needed = math.ceil(drawn * (expected_l1(rows, bins) / TARGET_L1) ** 2)
+                self.histogram_draws = max(MIN_DRAWS, math.ceil(1.05 * needed))
+            return record_1d(rows, names, [populations[n] for n in names], *edges, bins)
+
+        histogram = self.transfer.defer(table, torch.stack(bounds), convert=record)
         if request.hist1d is not None:
-            populations = self.combiner.sum(
-                [torch.tensor([sample.population[n] for n in sample.values], dtype=torch.int64)]
-            )[0].tolist()
-            stats.hist1d = record_1d(
-                table, list(sample.values), populations, low, high, int(spec1.bins)
-            )
+            stats.hist1d = histogram
         if request.hist2d is not None:
             spec = request.hist2d
-            values = torch.cat([p.detach().reshape(-1) for p in self.params])
-            p_low, p_high = float(values.min()), float(values.max())
-            if not (math.isfinite(p_low) and math.isfinite(p_high)):
-                p_low, p_high = -1.0, 1.0
-            if p_high <= p_low:
-                p_low, p_high = p_low - 0.5, p_high + 0.5
-            bins = tuple(spec.bins)
-            counts = counts_2d(sample, (p_low, p_high), grad_range(spec), bins)
-            (counts,) = self.combiner.sum([counts])
-            stats.hist2d = record_2d(counts, population, (p_low, p_high), grad_range(spec), bins)
+            extremes = torch.stack(
+                [torch.stack(torch.aminmax(p.detach())) for p in self.params if p.numel()]
+            )
+            p_low, p_high = extremes[:, 0].min().double(), extremes[:, 1].max().double()
+            finite = torch.isfinite(p_low) & torch.isfinite(p_high)
+            p_low, p_high = torch.where(finite, p_low, -1.0), torch.where(finite, p_high, 1.0)
+            degenerate = p_high <= p_low
+            p_low = torch.where(degenerate, p_low - 0.5, p_low)
+            p_high = torch.where(degenerate, p_high + 0.5, p_high)
+            bins2 = tuple(spec.bins)
+            g_bounds = grad_range(spec)
+            (counts,) = self.combiner.sum([counts_2d(sample, (p_low, p_high), g_bounds, bins2)])
+            stats.hist2d = self.transfer.defer(
+                counts,
+                torch.stack([p_low, p_high, *g_bounds]),
+                convert=lambda flat, ranges: record_2d(
+                    flat, population, tuple(ranges[:2]), tuple(ranges[2:]), bins2
+                ),
+            )
 
-    def _table_1d(self, sample, low: float, high: float, bins: int) -> Tensor:
-        (table,) = self.combiner.sum([counts_1d(sample, low, high, bins)])
-        return table
+    def _draw_streams(self) -> tuple[torch.Generator, random.Random]:
+        """The histogram draws' random streams for this step and rank: a generator on the
+        parameters' device and a host stream (per-parameter rounding), both seeded from
+        ``(sample_seed, step)``."""
+        digest = hashlib.blake2b(f"{self.sample_seed}/{self._step}".encode(), digest_size=8)
+        seed = int.from_bytes(digest.digest(), "little") >> 1
+        device = self.params[0].device
+        if device not in self._device_generators:
+            self._device_generators[device] = torch.Generator(device=device)
+        return self._device_generators[device].manual_seed(seed), random.Random(seed)
 
     def _curvature(self, request: Request, stats: Statistics, target: Tensor) -> None:
         model_input = self.capture.model_input
@@ -288,7 +334,6 @@ class StatisticsEngine:
             for key in ("diagonal", "max_eigenvalue"):
                 stats.unavailable[key] = "the model's forward call was not recorded"
             return
-        seed = int(torch.randint(0, 2**62, (), generator=self.generator))
         products: list[HessianVectorProduct] = []
 
         def hvp() -> HessianVectorProduct:  # one replayed graph serves every product
@@ -300,14 +345,14 @@ class StatisticsEngine:
 
         with self.capture.suspended():
             if request.diagonal:
-                self._diagonal(stats, model_input, target, seed, hvp)
+                self._diagonal(stats, model_input, target, hvp)
             if request.max_eigenvalue:
                 try:
                     stats.max_eigenvalue = self._max_eigenvalue(hvp())
                 except RuntimeError as error:  # non-finite curvature makes the solver fail
                     stats.unavailable["max_eigenvalue"] = f"Lanczos failed ({error})"
 
-    def _diagonal(self, stats: Statistics, model_input, target: Tensor, seed: int, hvp) -> None:
+    def _diagonal(self, stats: Statistics, model_input, target: Tensor, hvp) -> None:
         """Exact diagonal: by GGN backward passes for sequences of Linear/Conv layers (where it
         equals the requested diagonal), else by BackPACK where it applies, else a Hutchinson
         estimate (marked)."""
@@ -325,6 +370,9 @@ class StatisticsEngine:
                     if _is_ddp(self.model)
                     else (self.names)
                 )
+                seed = 0  # Monte-Carlo GGN only: a CPU generator, no device involved
+                if self.curvature == "mc-ggn":
+                    seed = int(torch.randint(0, 2**62, (), generator=self.generator))
                 local = self.diagonal(self.replay_model, model_input, target, seed, names)
                 weight = self.local_batch / stats.batch_size
                 stats.diagonal = self.combiner.sum([d * weight for d in local])
@@ -346,7 +394,7 @@ class StatisticsEngine:
             return
         stats.diagonal = _unflatten(estimate.diagonal, self.params)
         stats.diagonal_method = "hutchinson"
-        stats.trace_stderr = estimate.trace_stderr
+        stats.trace_stderr = self.transfer.defer(estimate.trace_stderr)
 
     def _max_eigenvalue(self, hvp: HessianVectorProduct) -> EigenResult:
         """Lanczos on Hessian-vector products, warm-started from the previous step's
@@ -354,7 +402,7 @@ class StatisticsEngine:
         vectors are accurate far below the 1e-3 tolerance, at half the memory of float64)."""
         dtype = self.params[0].dtype
         start = self.eigenvector
-        if start is None or start.numel() != hvp.dim or not bool(torch.isfinite(start).all()):
+        if start is None or start.numel() != hvp.dim:
             start = torch.randn(hvp.dim, generator=self.generator, dtype=dtype)
         start = start.to(device=self.params[0].device, dtype=dtype)
         vector_bytes = start.numel() * start.element_size()
@@ -365,8 +413,8 @@ class StatisticsEngine:
             max_iter=self.eigen_max_iter,
             max_basis=max(MIN_LANCZOS_BASIS, min(MAX_LANCZOS_BASIS, LANCZOS_BYTES // vector_bytes)),
         )
-        if math.isfinite(result.value):
-            self.eigenvector = result.vector.detach()
+        # a finite Ritz value comes with a finite vector; otherwise start afresh next time
+        self.eigenvector = result.vector.detach() if math.isfinite(result.value) else None
         return result
 
     def project(self, direction: list[Tensor]) -> Tensor | None:
@@ -387,6 +435,11 @@ class StatisticsEngine:
 
 
 __all__ = ["HistogramRequest", "Request", "Statistics", "StatisticsEngine"]
+
+
+def _scalar(value: float, device: torch.device) -> Tensor:
+    """A 0-d float64 tensor filled on ``device`` (no host-to-device copy, which would wait)."""
+    return torch.full((), value, dtype=torch.float64, device=device)
 
 
 def _unflatten(vector: Tensor, like: list[Tensor]) -> list[Tensor]:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..engine.request import Request, Statistics
+from ..engine.transfer import Deferred, HostTransfer
 from ..errors import warn_reading
 from .base import Instrument, Unavailable, require
 
@@ -28,13 +30,18 @@ class LineObservation:
     slope_var: float
 
     @classmethod
-    def from_samples(cls, losses, projections) -> LineObservation:
-        """From individual losses ``l_n`` and slopes ``g_n . u`` (float64 tensors, length B >= 2)."""
+    def deferred(cls, transfer: HostTransfer, losses: Tensor, projections: Tensor) -> Deferred:
+        """From individual losses ``l_n`` and slopes ``g_n . u`` (float64 tensors, length
+        B >= 2): moments on the device, the observation after the step's host read."""
         b = losses.numel()
         samples = torch.stack([losses.double(), projections.to(losses.device).double()])
         variances, means = torch.var_mean(samples, dim=1, unbiased=True)
-        loss, slope, loss_var, slope_var = torch.cat([means, variances]).tolist()  # one read
-        return cls(loss, loss_var / b, slope, slope_var / b)
+
+        def observe(values: list[float]) -> LineObservation:
+            loss, slope, loss_var, slope_var = values
+            return cls(loss, loss_var / b, slope, slope_var / b)
+
+        return transfer.defer(torch.cat([means, variances]), convert=observe)
 
 
 def fit_alpha(step: float, start: LineObservation, end: LineObservation) -> float:

@@ -23,9 +23,17 @@ class Instrument:
     needs: ClassVar[Request] = Request()
     #: Completed after the optimizer's update (UpdateSize) or at the next step (Alpha).
     after_update: ClassVar[bool] = False
+    #: Shared reductions (:data:`~cockpit_optim.engine.request.REDUCTIONS`) ``compute`` reads.
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def request(self) -> Request:
         return self.needs
+
+    def prepare(self, stats: Statistics) -> None:
+        """Queue on the device what :meth:`compute` will read, before the step's one host read
+        (default: the reductions named in ``reads``)."""
+        for name in self.reads:
+            stats.reduce(name)
 
     def compute(self, stats: Statistics) -> Any:
         raise NotImplementedError

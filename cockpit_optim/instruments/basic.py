@@ -14,10 +14,11 @@ class Loss(Instrument):
 
     name = "Loss"
     needs = Request(losses=True)
+    reads = ("loss_mean",)
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "losses")
-        return float(stats.losses.mean())
+        return stats.loss_mean
 
 
 class Time(Instrument):

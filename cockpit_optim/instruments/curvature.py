@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from ..engine.request import Request, Statistics
 from .base import Instrument, require
 
@@ -35,6 +37,7 @@ class HessTrace(_DiagonalInstrument):
 
     name = "HessTrace"
     needs = Request(diagonal=True)
+    reads = ("diagonal_sum",)
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal")
@@ -77,13 +80,18 @@ class TICDiag(_TIC):
     name = "TICDiag"
     needs = Request(diagonal=True, sgs=True)
 
+    def prepare(self, stats: Statistics) -> None:
+        def tic(s: Statistics) -> Tensor:
+            return s.block_sum(
+                ("sgs", "diagonal"),
+                lambda sgs, diagonal: sgs.div_(s.batch_size).div_(diagonal.add_(self.eps)).sum(),
+            )
+
+        stats.reduce(self.name, tic, inputs=("sgs", "diagonal"))
+
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sgs")
-        total = sum(
-            sgs.div_(stats.batch_size).div_(diagonal.add_(self.eps)).sum()
-            for sgs, diagonal in stats.blocks("sgs", "diagonal")
-        )
-        return float(total)
+        return stats.reduced(self.name)
 
 
 class TICTrace(_TIC):
@@ -91,6 +99,7 @@ class TICTrace(_TIC):
 
     name = "TICTrace"
     needs = Request(diagonal=True, sq_norms=True)
+    reads = ("sq_norms_sum", "diagonal_sum")
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sq_norms")

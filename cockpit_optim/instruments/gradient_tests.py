@@ -31,6 +31,7 @@ class NormTest(Instrument):
 
     name = "NormTest"
     needs = Request(sq_norms=True, mean_grads=True)
+    reads = ("sq_norms_sum", "grad_sq_norm")
 
     def compute(self, stats: Statistics) -> float:
         b, s, _, g = _moments(stats, dots=False)
@@ -42,6 +43,7 @@ class InnerTest(Instrument):
 
     name = "InnerTest"
     needs = Request(dots=True, mean_grads=True, sq_norms=True)
+    reads = ("sq_norms_sum", "grad_sq_norm", "dots_sq_sum")
 
     def compute(self, stats: Statistics) -> float:
         b, _, p, g = _moments(stats, dots=True)
@@ -53,6 +55,7 @@ class OrthoTest(Instrument):
 
     name = "OrthoTest"
     needs = Request(dots=True, mean_grads=True, sq_norms=True)
+    reads = ("sq_norms_sum", "grad_sq_norm", "dots_sq_sum")
 
     def compute(self, stats: Statistics) -> float:
         b, s, p, g = _moments(stats, dots=True)

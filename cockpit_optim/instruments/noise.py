@@ -15,12 +15,13 @@ class CABS(Instrument):
 
     name = "CABS"
     needs = Request(losses=True, sq_norms=True, mean_grads=True)
+    reads = ("sq_norms_sum", "grad_sq_norm", "loss_mean")
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "losses", "sq_norms", "mean_grads")
         require_batch(stats)
         noise = stats.sq_norms_sum / stats.batch_size - stats.grad_sq_norm
-        return stats.lr * ratio(noise, float(stats.losses.mean()), "the mini-batch loss")
+        return stats.lr * ratio(noise, stats.loss_mean, "the mini-batch loss")
 
 
 class EarlyStopping(Instrument):
@@ -30,6 +31,7 @@ class EarlyStopping(Instrument):
 
     name = "EarlyStopping"
     needs = Request(sgs=True, mean_grads=True)
+    reads = ("signal_to_noise",)
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "sgs", "mean_grads")
@@ -46,6 +48,7 @@ class MeanGSNR(Instrument):
 
     name = "MeanGSNR"
     needs = Request(sgs=True, mean_grads=True)
+    reads = ("signal_to_noise",)
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "sgs", "mean_grads")

@@ -26,6 +26,7 @@ class GradientNoiseScale(Instrument):
 
     name = "GradientNoiseScale"
     needs = Request(sq_norms=True, mean_grads=True)
+    reads = ("sq_norms_sum", "grad_sq_norm")
 
     def _parts(self, stats: Statistics) -> tuple[float, float]:
         require(stats, "sq_norms", "mean_grads")
