@@ -7,9 +7,11 @@ the largest relative difference over the steps (the float32 arithmetic differs i
 for the exact histogram the fraction of elements binned differently. On CUDA alone: the L1 distance
 of the default (subsampled) GradHist1d from the exact one, the number of host synchronizations in a
 tracked step (``torch.cuda.set_sync_debug_mode``), and the median over rounds of (tracked step /
-plain step) for economy, business and full, with synchronized timers.
+plain step) for economy, business and full, with synchronized timers.  ``--profile`` adds, per
+problem and configuration, the wall time of a tracked step against its GPU kernel time and the
+number of kernel launches (``torch.profiler``), and the kernels that take the most time.
 
-    python experiments/check_cuda.py [--problems mlp 3c3d] [--steps 3] [--rounds 5]
+    python experiments/check_cuda.py [--problems mlp 3c3d] [--steps 3] [--rounds 5] [--profile]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from problems import PROBLEMS, build_problem
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
 from cockpit_optim.instruments import FULL, GradHist1d
@@ -80,19 +83,19 @@ def subsample_l1(problem_name: str, steps: int) -> float:
     """Largest L1 distance, over ``steps`` steps, between the normalized default (subsampled) and
     exact GradHist1d of the same batch on CUDA (same edges: both use the adaptive range)."""
     problem = build_problem(problem_name, 0)
-    model = copy.deepcopy(problem.model).cuda()
     x, y = problem.inputs.cuda(), problem.labels.cuda()
     loss_fn = nn.CrossEntropyLoss()
+    models = [copy.deepcopy(problem.model).cuda() for _ in range(2)]
     monitors = [
         MonitoredOptimizer(
             torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn, [instrument], seed=0
         )
-        for instrument in (GradHist1d(), GradHist1d(max_elements=None))
+        for model, instrument in zip(models, (GradHist1d(), GradHist1d(max_elements=None)))
     ]
     worst = 0.0
     for _ in range(steps):
         records = []
-        for monitor in monitors:
+        for model, monitor in zip(models, monitors):
             monitor.zero_grad()
             loss_fn(model(x), y).backward()
             monitor.step()
@@ -103,6 +106,42 @@ def subsample_l1(problem_name: str, steps: int) -> float:
     for monitor in monitors:
         monitor.close()
     return worst
+
+
+class _Wrapped(nn.Module):
+    """A model that is not an ``nn.Sequential``: its Hessian diagonal is a Hutchinson estimate."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def hutchinson_check(problem_name: str) -> str:
+    """HessTrace on CUDA: the Hutchinson estimate (wrapped model) against the exact value."""
+    problem = build_problem(problem_name, 0)
+    x, y = problem.inputs.cuda(), problem.labels.cuda()
+    values = []
+    for wrap in (False, True):
+        model = copy.deepcopy(problem.model).cuda()
+        monitored = _Wrapped(model) if wrap else model
+        loss_fn = nn.CrossEntropyLoss()
+        opt = MonitoredOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0), monitored, loss_fn, ["HessTrace"]
+        )
+        opt.zero_grad()
+        loss_fn(monitored(x), y).backward()
+        opt.step()
+        values.append(opt.history[0])
+        opt.close()
+    exact, estimate = values[0]["HessTrace"], values[1]["HessTrace"]
+    stderr = values[1]["HessTrace_stderr"]
+    return (
+        f"| {problem_name} | {exact:.4g} | {estimate:.4g} +- {stderr:.2g} "
+        f"| {abs(estimate - exact) / stderr:.2f} |"
+    )
 
 
 def host_syncs(problem_name: str, steps: int = 3) -> dict[str, list[int]]:
@@ -131,6 +170,49 @@ def host_syncs(problem_name: str, steps: int = 3) -> dict[str, list[int]]:
         opt.close()
         out[config] = counts
     return out
+
+
+def profile_steps(problem_name: str, configs: Sequence[str] = ("economy", "business")) -> str:
+    """Wall time, GPU kernel time and kernel launches per tracked step, with the top kernels."""
+    problem = build_problem(problem_name, 0)
+    x, y = problem.inputs.cuda(), problem.labels.cuda()
+    out = []
+    for config in configs:
+        model = copy.deepcopy(problem.model).cuda()
+        loss_fn = nn.CrossEntropyLoss()
+        opt = MonitoredOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.01), model, loss_fn, config
+        )
+
+        def step(model=model, opt=opt, loss_fn=loss_fn) -> None:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+        for _ in range(4):
+            step()
+        torch.cuda.synchronize()
+        activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        kernel_ms = sum(e.self_device_time_total for e in events) / 3 / 1e3
+        launches = sum(e.count for e in events if "LaunchKernel" in e.key) / 3
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - start) / 10 * 1e3
+        out.append(
+            f"{problem_name} {config}: wall {wall_ms:.2f} ms per tracked step, GPU kernels "
+            f"{kernel_ms:.2f} ms, {launches:.0f} kernel launches\n"
+            + events.table(sort_by="self_device_time_total", row_limit=8, max_name_column_width=50)
+        )
+        opt.close()
+    return "\n".join(out)
 
 
 def step_ratios(problem_name: str, rounds: int) -> dict[str, float]:
@@ -174,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
     parser.add_argument("--steps", type=int, default=3, help="tracked steps compared (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    parser.add_argument("--profile", action="store_true", help="also profile tracked steps")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("no CUDA device")
@@ -187,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n| problem | default GradHist1d vs exact: largest L1 |\n|---|---|")
     for name in args.problems:
         print(f"| {name} | {subsample_l1(name, args.steps):.4f} |", flush=True)
+    print("\n| problem | HessTrace exact | Hutchinson estimate | deviation / stderr |")
+    print("|---|---|---|---|")
+    for name in args.problems:
+        print(hutchinson_check(name), flush=True)
     print(
         "\n| problem | host syncs per tracked step: economy | business | full |\n|---|---|---|---|"
     )
@@ -201,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"| {r['full']:.2f}x |",
             flush=True,
         )
+    if args.profile:
+        for name in args.problems:
+            print("\n```\n" + profile_steps(name) + "\n```", flush=True)
 
 
 if __name__ == "__main__":

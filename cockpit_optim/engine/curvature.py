@@ -217,13 +217,18 @@ def hutchinson(
     matvec: Callable[[Tensor], Tensor], probes: int, generator: torch.Generator
 ) -> DiagonalEstimate:
     """Hutchinson estimates with Rademacher probes ``v``: ``diag(H) ~ mean(v * Hv)``,
-    ``Tr(H) ~ mean(v . Hv)`` with its standard error ``std(v . Hv) / sqrt(probes)``."""
+    ``Tr(H) ~ mean(v . Hv)`` with its standard error ``std(v . Hv) / sqrt(probes)``.  ``generator``
+    (CPU) draws the probes, or on another device seeds a generator there (no host copies)."""
     dim = matvec.dim
     device = matvec.params[0].device
+    if generator.device != device:
+        seed = int(torch.randint(0, 2**62, (), generator=generator))  # a CPU tensor: no sync
+        generator = torch.Generator(device=device).manual_seed(seed)
     diagonal = torch.zeros(dim, dtype=torch.float64, device=device)
     quadratic = []
     for _ in range(probes):
-        v = (torch.randint(0, 2, (dim,), generator=generator) * 2 - 1).to(device, torch.float64)
+        signs = torch.randint(0, 2, (dim,), generator=generator, device=device)
+        v = signs.to(torch.float64).mul_(2).sub_(1)
         product = v * matvec(v)
         diagonal += product
         quadratic.append(product.sum())

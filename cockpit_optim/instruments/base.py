@@ -17,7 +17,13 @@ class Unavailable(Exception):
 
 class Instrument:
     """Base class.  Subclasses set ``name`` (the record key) and ``needs`` (a :class:`Request`) and
-    implement :meth:`compute`, a pure function of the step's statistics."""
+    implement :meth:`compute`, a pure function of the step's statistics.
+
+    A step makes one device-to-host read: :meth:`prepare` runs before it and queues, on the device,
+    the scalars :meth:`compute` uses (shared reductions listed in ``reads``, or its own through
+    ``stats.reduce(name, fn, inputs)``); :meth:`compute` runs after it and reads host values
+    (``stats.sq_norms_sum``, ``stats.reduced(name)``).  Reading a tensor inside ``compute``
+    works but costs a synchronization on a GPU."""
 
     name: ClassVar[str]
     needs: ClassVar[Request] = Request()
