@@ -5,7 +5,8 @@ same monitor seed, one on the CPU and one on CUDA (TF32 off), each with every in
 except the subsampled histograms, plus exact GradHist1d (``max_elements=None``). Printed per reading:
 the largest relative difference over the steps (the float32 arithmetic differs in order only), and
 for the exact histogram the fraction of elements binned differently. On CUDA alone: the L1 distance
-of the default (subsampled) GradHist1d from the exact one, the number of host synchronizations in a
+of the default (subsampled) GradHist1d from the exact one, HessTrace's Hutchinson estimate (a model
+that is not an ``nn.Sequential``) against the exact value, the number of host synchronizations in a
 tracked step (``torch.cuda.set_sync_debug_mode``), and the median over rounds of (tracked step /
 plain step) for economy, business and full, with synchronized timers.  ``--profile`` adds, per
 problem and configuration, the wall time of a tracked step against its GPU kernel time and the
