@@ -17,7 +17,7 @@ from .engine.distributed import combiner_for
 from .engine.losses import check_loss_module
 from .engine.request import Request, Statistics
 from .engine.statistics import StatisticsEngine
-from .engine.transfer import Deferred
+from .engine.transfer import Deferred, HostTransfer
 from .errors import CockpitError, ReadingWarning
 from .instruments import Instrument, resolve
 from .instruments.alpha import AlphaObservations, LineObservation
@@ -31,6 +31,10 @@ def _flat_norm(tensors: Iterable[Tensor]) -> Tensor:
     """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
     norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
     return torch.linalg.vector_norm(torch.stack(norms))
+
+
+#: Marks a record whose readings failed after they were queued: it is dropped, not finished.
+_FAILED = "_failed"
 
 
 def _host(value: Any) -> Any:
@@ -132,7 +136,6 @@ class MonitoredOptimizer(Optimizer):
         self._theta0: list[Tensor] | None = None
         self._pending: dict | None = None
         self._read_at = -1  # the step of the last host read
-        self._failed: set[int] = set()  # steps whose readings failed after they were queued
         self._arm()
 
     # ------------------------------------------------------------- torch.optim facade
@@ -269,6 +272,11 @@ class MonitoredOptimizer(Optimizer):
         try:
             if tracked:
                 self._after_update(t, record, stats, before)
+        except Exception as error:
+            self._skip(t, error)
+            if record is not None:
+                record[_FAILED] = True
+        try:
             if self._read_at != t:
                 self._read()
         except Exception as error:
@@ -290,20 +298,20 @@ class MonitoredOptimizer(Optimizer):
         self._read_at = self._step
         self.engine.transfer.read()
 
-    def _then(self, t: int, callback: Callable[[], None]) -> None:
-        """Run ``callback`` after the next read; a failure skips step ``t``'s readings only."""
+    def _then(self, record: dict, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after the next read; a failure skips ``record`` only."""
 
         def guarded() -> None:
             try:
                 callback()
             except Exception as error:
                 warnings.warn(
-                    f"readings of step {t} failed and are skipped: {error!r}",
+                    f"readings of step {record['step']} failed and are skipped: {error!r}",
                     ReadingWarning,
                     stacklevel=2,
                 )
-                self._failed.add(t)
-                if self._pending is not None and self._pending["record"]["step"] == t:
+                record[_FAILED] = True
+                if self._pending is not None and self._pending["record"] is record:
                     self._pending = None
 
         self.engine.transfer.then(guarded)
@@ -344,7 +352,7 @@ class MonitoredOptimizer(Optimizer):
             self._complete_alpha(stats)
         if tracked:
             record = {"step": t}
-            self._then(t, lambda: self._fill(record, stats))
+            self._then(record, lambda: self._fill(record, stats))
         if completing and self.controllers:
             self._read()  # controllers act on the completed record before this update
         return record, stats
@@ -369,7 +377,9 @@ class MonitoredOptimizer(Optimizer):
 
     def _after_update(self, t: int, record: dict, stats: Statistics, before) -> None:
         transfer = self.engine.transfer
-        after = Statistics(batch_size=stats.batch_size, names=self._names, lr=stats.lr)
+        after = Statistics(
+            batch_size=stats.batch_size, names=self._names, lr=stats.lr, transfer=transfer
+        )
         alpha = False
         if before is not None:
             update = [p.detach() - b for p, b in zip(self._params, before)]
@@ -387,7 +397,7 @@ class MonitoredOptimizer(Optimizer):
             if not alpha:
                 self._finish(record)
 
-        self._then(t, conclude)
+        self._then(record, conclude)
 
     # ---------------------------------------------------------------------- Alpha
     def _start_alpha(
@@ -408,26 +418,24 @@ class MonitoredOptimizer(Optimizer):
         if stats.projection is not None and stats.batch_size >= 2:
             end = LineObservation.deferred(self.engine.transfer, stats.losses, stats.projection)
         reason = stats.unavailable.get("projection", "batch size below 2")
-        batch_size, t = stats.batch_size, pending["record"]["step"]
+        batch_size = stats.batch_size
+        record, size, start = pending["record"], pending["size"], pending["start"]
+        del pending  # its direction (parameter-sized) is not needed any more
 
         def complete() -> None:
             alpha_stats = Statistics(batch_size=batch_size, names=self._names, lr=self._lr())
-            alpha_stats.alpha = AlphaObservations(
-                _host(pending["size"]), _host(pending["start"]), _host(end)
-            )
+            alpha_stats.alpha = AlphaObservations(_host(size), _host(start), _host(end))
             alpha_stats.unavailable["alpha"] = reason
-            record = pending["record"]
             for instrument in self.instruments:
                 if instrument.name == "Alpha":
                     record["Alpha"] = instrument.read(alpha_stats)
             self._finish(record)
 
-        self._then(t, complete)
+        self._then(record, complete)
 
     # -------------------------------------------------------------------- records
     def _finish(self, record: dict) -> None:
-        if record["step"] in self._failed:
-            self._failed.discard(record["step"])
+        if record.pop(_FAILED, False):
             return
         actions = []
         for controller in self.controllers:
@@ -491,6 +499,8 @@ class MonitoredOptimizer(Optimizer):
             return
         self.optimizer.load_state_dict(state_dict["optimizer"])
         monitor = state_dict["monitor"]
+        self.engine.transfer = HostTransfer()  # values queued before the restore are dropped
+        self._read_at = -1
         self._step = int(monitor["step"])
         self._theta0 = _like_params(monitor["theta0"], self._params)
         pending = monitor["pending"]

@@ -45,6 +45,19 @@ def test_interval_benchmark_draws_the_heat_map(tmp_path: Path, capsys) -> None:
     assert set(raw["ratios"]["economy"]) == {"1", "4"}
 
 
+def test_histogram_benchmark_reports_both_steps(capsys) -> None:
+    import benchmark_histogram
+
+    benchmark_histogram.main("--problems mlp --budgets 16 --draws 2 --steps 1 --threads 1".split())
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mlp")]
+    assert [row.split(" | ")[1] for row in rows] == ["exact", "2^16", "default"]
+    cells = rows[1].split(" | ")
+    drawn = [int(cells[i].replace(",", "")) for i in (2, 5)]
+    assert all(abs(d - 2**16) <= 8 for d in drawn)  # the budget caps both steps (+- rounding)
+    first_l1, next_l1 = float(cells[3].rstrip("%")), float(cells[6].rstrip("%"))
+    assert 0.5 < first_l1 < 3 and 0.5 < next_l1 < 3  # 2^16 draws: about 1.6% expected
+
+
 @pytest.mark.slow
 def test_memory_benchmark_measures_each_configuration(tmp_path: Path, capsys) -> None:
     import benchmark_memory

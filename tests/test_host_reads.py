@@ -10,9 +10,10 @@ import pytest
 import torch
 from models import make_problem
 
-from cockpit_optim import MonitoredOptimizer
+from cockpit_optim import MonitoredOptimizer, ReadingWarning
+from cockpit_optim.engine.request import Request
 from cockpit_optim.engine.transfer import HostTransfer
-from cockpit_optim.instruments import BUSINESS, ECONOMY, GradHist1d, GradHist2d
+from cockpit_optim.instruments import BUSINESS, ECONOMY, GradHist1d, GradHist2d, Instrument
 
 _READS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
 
@@ -129,3 +130,60 @@ def test_host_transfer_reads_once_and_runs_callbacks_in_order():
     transfer.read()
     assert order == [("first", 0.5), "next read"] and transfer.reads == 1  # nothing to copy
     assert not transfer.pending
+
+
+class _Undeclared(Instrument):
+    """Reads a shared reduction without naming it in ``reads``."""
+
+    name = "Undeclared"
+    needs = Request(sq_norms=True)
+
+    def compute(self, stats):
+        return stats.sq_norms_sum
+
+
+class _Declared(_Undeclared):
+    name = "Declared"
+    reads = ("sq_norms_sum",)
+
+
+class _Broken(Instrument):
+    name = "Broken"
+    needs = Request(losses=True)
+
+    def __init__(self, fail_at):
+        self.fail_at, self.calls = fail_at, 0
+
+    def compute(self, stats):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ZeroDivisionError("a bug in a custom instrument")
+        return 1.0
+
+
+def test_undeclared_reduction_still_works_at_the_cost_of_a_read(monkeypatch):
+    undeclared, a = _reads_per_step(monkeypatch, "mlp", ["Loss", _Undeclared()], steps=2)
+    declared, b = _reads_per_step(monkeypatch, "mlp", ["Loss", _Declared()], steps=2)
+    assert declared == [1, 1] and undeclared == [2, 2]
+    for x, y in zip(a.history, b.history):
+        assert x["Undeclared"] == pytest.approx(y["Declared"], rel=1e-12)
+
+
+def test_a_failing_instrument_skips_its_record_only():
+    model, loss_fn, batch = make_problem("mlp")
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        model,
+        loss_fn,
+        ["Loss", "UpdateSize", "Alpha", _Broken(fail_at=2)],
+    )
+    gen = torch.Generator().manual_seed(0)
+    with pytest.warns(ReadingWarning, match="readings of step 1 failed"):
+        for _ in range(4):
+            x, y = batch(gen, 8)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    opt.close()
+    assert [r["step"] for r in opt.history] == [0, 2, 3]
+    assert all("_failed" not in r and math.isfinite(r["Alpha"]) for r in opt.history[:2])

@@ -209,16 +209,16 @@ def lanczos_max_eigenvalue(
 @dataclass
 class DiagonalEstimate:
     diagonal: Tensor
-    trace: Tensor  # 0-d, on the device (read with the step's other values)
-    trace_stderr: Tensor
+    trace_stderr: Tensor  # 0-d, on the device (read with the step's other values)
 
 
 def hutchinson(
     matvec: Callable[[Tensor], Tensor], probes: int, generator: torch.Generator
 ) -> DiagonalEstimate:
-    """Hutchinson estimates with Rademacher probes ``v``: ``diag(H) ~ mean(v * Hv)``,
-    ``Tr(H) ~ mean(v . Hv)`` with its standard error ``std(v . Hv) / sqrt(probes)``.  ``generator``
-    (CPU) draws the probes, or on another device seeds a generator there (no host copies)."""
+    """Hutchinson estimate ``diag(H) ~ mean(v * Hv)`` with Rademacher probes ``v``, and the
+    standard error ``std(v . Hv) / sqrt(probes)`` of the trace estimate ``mean(v . Hv)``.
+    ``generator`` (CPU) draws the probes, or on another device seeds a generator there (no host
+    copies)."""
     dim = matvec.dim
     device = matvec.params[0].device
     if generator.device != device:
@@ -236,7 +236,7 @@ def hutchinson(
     stderr = (
         values.std() / math.sqrt(probes) if probes > 1 else torch.full_like(values[0], math.inf)
     )
-    return DiagonalEstimate(diagonal / probes, values.mean(), stderr)
+    return DiagonalEstimate(diagonal / probes, stderr)
 
 
 DIAGONAL_METHODS = {"exact": "diag_h", "ggn": "diag_ggn_exact", "mc-ggn": "diag_ggn_mc"}

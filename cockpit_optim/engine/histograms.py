@@ -121,6 +121,7 @@ def _bucket(values: Tensor, low: Tensor, high: Tensor, bins: int) -> Tensor:
     ``[e_i, e_{i+1})`` with ``e_i = low + (high - low) i / bins``, the last one closed), ``bins + 1``
     above, ``bins + 2`` for NaN.  The index is ``floor((v - low) / (high - low) * bins)``, exact at
     ``v = low`` and, for symmetric ranges, at ``v = 0``."""
+    low, high = low.to(values.device), high.to(values.device)  # no-ops on one device
     scaled = torch.sub(values, low).div_(high - low).mul_(bins).floor_()
     scaled.clamp_(-1, bins).add_(1)
     scaled.masked_fill_(values == high, bins)  # the last bin is closed
@@ -148,7 +149,7 @@ def _edges(low: float, high: float, bins: int) -> list[float]:
 
 def counts_1d(sample: ElementSample, low: Tensor, high: Tensor, bins: int) -> Tensor:
     """Per-parameter table ``[underflow, counts..., overflow, nan, drawn]`` (int64, one row per
-    parameter in ``sample`` order): sums over rounds of draws and over ranks."""
+    parameter in ``sample`` order), on the elements' device."""
     device = _device(sample)
     rows = []
     for chunks in sample.values.values():

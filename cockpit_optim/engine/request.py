@@ -85,22 +85,24 @@ class Statistics:
     names: list[str]
     lr: float
     losses: Tensor | None = None
-    grad_norms: dict[str, float] | None = None
+    grad_norms: dict[str, float] | Deferred | None = None
     sq_norms: Tensor | None = None
     dots: Tensor | None = None
     mean_grads: list[Tensor] | None = None
     sgs: list[Tensor] | None = None
-    hist1d: dict | None = None
-    hist2d: dict | None = None
+    hist1d: dict | Deferred | None = None
+    hist2d: dict | Deferred | None = None
     diagonal: list[Tensor] | None = None
     diagonal_method: str = "exact"
     max_eigenvalue: EigenResult | None = None
-    distance: float | None = None
-    update_size: float | None = None
+    distance: float | Deferred | None = None
+    update_size: float | Deferred | None = None
     alpha: Any = None
     projection: Tensor | None = None
-    trace_stderr: float | None = None
-    rank_grad_sq_norm: float | None = None  # mean over ranks of ||g_rank||^2 (distributed only)
+    trace_stderr: float | Deferred | None = None
+    rank_grad_sq_norm: float | Deferred | None = (
+        None  # mean over ranks of ||g_rank||^2 (distributed only)
+    )
     rank_batch_size: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     transfer: HostTransfer = field(default_factory=HostTransfer, repr=False)
@@ -143,13 +145,18 @@ class Statistics:
         return self._reductions[name][0]
 
     def reduced(self, name: str) -> Any:
-        """Host value of a reduction queued with :meth:`reduce` (after the step's read)."""
-        if name not in self._reductions:
+        """Host value of a reduction queued with :meth:`reduce` (after the step's read).  A shared
+        reduction nobody queued is computed here, at the cost of a synchronization on a GPU (name
+        it in the instrument's ``reads`` to avoid that)."""
+        if name in self._reductions:
+            return self._reductions[name][1].value
+        if name not in REDUCTIONS:
             raise RuntimeError(
-                f"the reduction {name!r} was not queued: name it in the instrument's ``reads`` "
-                "(or call stats.reduce in its ``prepare``)"
+                f"the reduction {name!r} was not queued: call stats.reduce({name!r}, ...) in the "
+                "instrument's ``prepare``"
             )
-        return self._reductions[name][1].value
+        value = REDUCTIONS[name][1](self)
+        return value.tolist() if value.numel() > 1 else float(value)
 
     def resolve(self) -> None:
         """Replace every deferred field by its host value (after the step's read)."""

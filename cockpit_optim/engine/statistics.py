@@ -247,7 +247,8 @@ class StatisticsEngine:
     def _histograms(self, request: Request, stats: Statistics, rules) -> None:
         """Bin one shared sample of elements for GradHist1d and GradHist2d, on the device.
 
-        Above the budget, ``histogram_draws`` elements are drawn: ``FIRST_DRAWS`` at the first
+        Up to ``max_elements`` every element is binned.  Above it, ``histogram_draws`` elements
+        (at most ``max_elements``) are drawn: ``FIRST_DRAWS`` at the first
         tracked step, then what the previous tracked step needed for the expected L1 sampling
         error ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` of its histogram (independent draws;
         stratifying them never raises it) to reach ``TARGET_L1`` (never past ``max_elements``).
@@ -255,13 +256,16 @@ class StatisticsEngine:
         specs = [s for s in (request.hist1d, request.hist2d) if s is not None]
         budgets = [s.max_elements for s in specs]
         budget = None if None in budgets else max(budgets)
-        draws = budget if budget is None else min(budget, self.histogram_draws)
         populations = {
             name: rule.batch_size * p.numel() * stats.batch_size // self.local_batch
             for rule, names in rules
             for name, p in zip(names, rule.params)
         }
         population = sum(populations.values())
+        # every element when B*D fits the budget, else what the previous step needed
+        draws = (
+            None if budget is None or population <= budget else min(budget, self.histogram_draws)
+        )
         generator, rounding = self._draw_streams()
         sample = draw_elements(
             rules, draws, generator, rounding, request.hist2d is not None, population
@@ -282,7 +286,7 @@ class StatisticsEngine:
         bounds = grad_range(spec1)
         (table,) = self.combiner.sum([counts_1d(sample, *bounds, bins)])
         names = list(sample.values)
-        subsampled = budget is not None and population > budget
+        subsampled = draws is not None
 
         def record(flat: list[float], edges: list[float]) -> dict:
             rows = table_rows(flat, bins)

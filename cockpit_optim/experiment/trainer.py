@@ -257,7 +257,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Model, optimizer (with the monitor's and controllers' state), sampler, RNG and step,
         written atomically to ``run_dir/checkpoint.pt``."""
-        optimizer = self.optimizer.state_dict()  # a collective under torchrun: every rank
+        optimizer = self.optimizer.state_dict()  # every rank: it reads pending values first
         if not self.launch.main:
             return
         state = {

@@ -27,7 +27,8 @@ class Instrument:
 
     name: ClassVar[str]
     needs: ClassVar[Request] = Request()
-    #: Completed after the optimizer's update (UpdateSize) or at the next step (Alpha).
+    #: Completed after the optimizer's update (UpdateSize) or at the next step (Alpha); such an
+    #: instrument sees ``batch_size``, ``lr`` and ``update_size`` only.
     after_update: ClassVar[bool] = False
     #: Shared reductions (:data:`~cockpit_optim.engine.request.REDUCTIONS`) ``compute`` reads.
     reads: ClassVar[tuple[str, ...]] = ()

@@ -22,7 +22,7 @@ class Loss(Instrument):
 
 
 class Time(Instrument):
-    """Wall-clock time (``time.time()``) when the step's readings were taken."""
+    """Wall-clock time (``time.time()``) when the step's values reached the host."""
 
     name = "Time"
 
