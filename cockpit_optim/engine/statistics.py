@@ -75,6 +75,7 @@ class StatisticsEngine:
         self.generator = generator  # identical on all ranks: probes, start vectors, seeds
         self.sample_seed = sample_seed  # per rank: histogram draws, seeded per step from it
         self._device_generators: dict[torch.device, torch.Generator] = {}
+        self._step = 0  # the step being collected (seeds the histogram draws)
         self.transfer = HostTransfer()  # the step's one device-to-host read
         self.combiner = combiner or LocalCombiner()
         # Replays run the plain module: a DistributedDataParallel wrapper expects a backward.
@@ -248,10 +249,10 @@ class StatisticsEngine:
         """Bin one shared sample of elements for GradHist1d and GradHist2d, on the device.
 
         Up to ``max_elements`` every element is binned.  Above it, ``histogram_draws`` elements
-        (at most ``max_elements``) are drawn: ``FIRST_DRAWS`` at the first
-        tracked step, then what the previous tracked step needed for the expected L1 sampling
-        error ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` of its histogram (independent draws;
-        stratifying them never raises it) to reach ``TARGET_L1`` (never past ``max_elements``).
+        (at most ``max_elements``) are drawn: ``FIRST_DRAWS`` at the first tracked step, then
+        what the previous tracked step needed for the expected L1 sampling error
+        ``sum_i sqrt(2 p_i (1 - p_i) / (pi n))`` of its histogram (independent draws; stratifying
+        them never raises it) to reach ``TARGET_L1``.
         """
         specs = [s for s in (request.hist1d, request.hist2d) if s is not None]
         budgets = [s.max_elements for s in specs]
