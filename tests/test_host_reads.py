@@ -132,6 +132,17 @@ def test_host_transfer_reads_once_and_runs_callbacks_in_order():
     assert not transfer.pending
 
 
+def test_a_failing_conversion_concerns_its_own_value_only():
+    transfer = HostTransfer()
+    broken = transfer.defer(torch.ones(2), convert=lambda values: 1 / 0)
+    fine = transfer.defer(torch.full((), 3.0))
+    transfer.then(lambda: None)
+    transfer.read()
+    assert fine.value == 3.0
+    with pytest.raises(ZeroDivisionError):
+        _ = broken.value
+
+
 class _Undeclared(Instrument):
     """Reads a shared reduction without naming it in ``reads``."""
 

@@ -18,27 +18,34 @@ from torch import Tensor
 class Deferred:
     """A value on its way to the host; :attr:`value` is available after the transfer's read."""
 
-    __slots__ = ("_convert", "_sizes", "_value", "ready")
+    __slots__ = ("_convert", "_error", "_sizes", "_value", "ready")
 
     def __init__(self, sizes: list[int], convert: Callable[..., Any] | None) -> None:
         self._sizes, self._convert = sizes, convert
         self._value: Any = None
+        self._error: Exception | None = None
         self.ready = False
 
     @property
     def value(self) -> Any:
+        """The host value; raises the conversion's error where it failed."""
         if not self.ready:
             raise RuntimeError(
                 "a deferred statistic was used before the step's host read; read it in a "
                 "callback registered with HostTransfer.then (instruments compute after the read)"
             )
+        if self._error is not None:
+            raise self._error
         return self._value
 
     def _resolve(self, parts: list[list[float]]) -> None:
-        if self._convert is not None:
-            self._value = self._convert(*parts)
-        else:
-            self._value = parts[0][0] if self._sizes == [1] else parts[0]
+        try:  # a failing conversion concerns its own value only
+            if self._convert is not None:
+                self._value = self._convert(*parts)
+            else:
+                self._value = parts[0][0] if self._sizes == [1] else parts[0]
+        except Exception as error:
+            self._error = error
         self.ready = True
 
 
