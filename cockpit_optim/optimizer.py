@@ -273,9 +273,7 @@ class MonitoredOptimizer(Optimizer):
             if tracked:
                 self._after_update(t, record, stats, before)
         except Exception as error:
-            self._skip(t, error)
-            if record is not None:
-                record[_FAILED] = True
+            self._skip(t, error, record)
         try:
             if self._read_at != t:
                 self._read()
@@ -287,11 +285,16 @@ class MonitoredOptimizer(Optimizer):
             self._arm()
         return loss
 
-    def _skip(self, t: int, error: Exception) -> None:
+    def _skip(self, t: int, error: Exception, record: dict | None = None) -> None:
+        """Warn that step ``t``'s readings failed; drop ``record`` (and a pending Alpha: all of
+        them without a record, else only the record's own)."""
         warnings.warn(
             f"readings of step {t} failed and are skipped: {error!r}", ReadingWarning, stacklevel=3
         )
-        self._pending = None
+        if record is not None:
+            record[_FAILED] = True
+        if self._pending is not None and (record is None or self._pending["record"] is record):
+            self._pending = None
 
     def _read(self) -> None:
         """The step's host read: resolves every queued value and runs what waited for them."""
@@ -305,14 +308,7 @@ class MonitoredOptimizer(Optimizer):
             try:
                 callback()
             except Exception as error:
-                warnings.warn(
-                    f"readings of step {record['step']} failed and are skipped: {error!r}",
-                    ReadingWarning,
-                    stacklevel=2,
-                )
-                record[_FAILED] = True
-                if self._pending is not None and self._pending["record"] is record:
-                    self._pending = None
+                self._skip(record["step"], error, record)
 
         self.engine.transfer.then(guarded)
 
