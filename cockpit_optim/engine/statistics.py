@@ -104,6 +104,7 @@ class StatisticsEngine:
             on_loss=lambda call, prediction, target: at_loss_call(
                 loss_fn, self.capture, self.params, call, prediction, target
             ),
+            params=self.params,
         )
         self._rules: list[tuple[LayerRule, list[str]]] = []
         self.samples = StepSamples()
@@ -337,7 +338,7 @@ class StatisticsEngine:
 
     def _curvature(self, request: Request, stats: Statistics) -> None:
         batches = self.samples.batches
-        problem = self.samples.problem
+        problem = self.samples.loss_problem
         if problem is None and len(batches) != 1:
             problem = f"curvature is computed for one model call per step, not {len(batches)}"
         elif problem is None and not self.samples.row_samples:
