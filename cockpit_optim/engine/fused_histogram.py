@@ -73,6 +73,10 @@ def _kernel():
     return fused
 
 
+def _host(tensor: Tensor) -> np.ndarray:
+    return (tensor if tensor.device.type == "cpu" else tensor.cpu()).numpy()
+
+
 def bin_share(
     share: Share, theta: Tensor | None, grad_edges: Tensor, param_edges: Tensor | None
 ) -> Tensor:
@@ -94,8 +98,8 @@ def bin_share(
         share.count,
         share.repeated,
         np.array(share.keys, np.int64),
-        grad_edges.cpu().numpy(),
-        param_edges.cpu().numpy() if param_edges is not None else empty,
+        _host(grad_edges),
+        _host(param_edges) if param_edges is not None else empty,
     )
     if start is not None:
         compile_seconds = time.perf_counter() - start

@@ -53,6 +53,7 @@ class Share:
     exact: bool
     repeated: int = 0
     keys: tuple[int, int, int] = (0, 0, 0)
+    found: Factors | None = None  # cache of :func:`factors`
 
 
 @dataclass
@@ -66,7 +67,13 @@ class Factors:
 
 
 def factors(share: Share) -> Factors:
-    """The tensors the elements of ``share`` are computed from."""
+    """The tensors the elements of ``share`` are computed from (found once per share)."""
+    if share.found is None:
+        share.found = _factors(share)
+    return share.found
+
+
+def _factors(share: Share) -> Factors:
     rule = share.rule
     if isinstance(rule, SharedLinearRule):
         d = rule.d.detach()
@@ -143,6 +150,11 @@ def bincount(index: Tensor, size: int) -> Tensor:
     return counts.index_add_(0, index, torch.ones_like(index))
 
 
+def on(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device`` (no operation when it is there)."""
+    return tensor if tensor.device == device else tensor.to(device)
+
+
 def bin_share(
     share: Share, theta: Tensor | None, grad_edges: Tensor, param_edges: Tensor | None
 ) -> Tensor:
@@ -151,7 +163,7 @@ def bin_share(
     is given (``theta``: the flat parameter); int64 on the rule's device."""
     found = factors(share)
     device = share.rule.params[share.index].device
-    grad_edges = grad_edges.to(device)
+    grad_edges = on(grad_edges, device)
     width = grad_edges.numel() + 2
     size = width if param_edges is None else width * (param_edges.numel() + 2)
     counts = torch.zeros(size, dtype=torch.int64, device=device)
@@ -161,7 +173,7 @@ def bin_share(
         n, r, c = indices(share, start, min(share.count, start + step), device)
         index = slots(values(share, found, n, r, c), grad_edges)
         if param_edges is not None:
-            p_index = slots(theta.take(r * share.cols + c), param_edges.to(device))
+            p_index = slots(theta.take(r * share.cols + c), on(param_edges, device))
             index = p_index.mul_(width).add_(index)
         counts += bincount(index, size)
     return counts

@@ -63,7 +63,7 @@ class ElementSample:
                 fused_histogram.disable(error)
         if counts is None:
             counts = histogram_draws.bin_share(share, theta, grad_edges, param_edges)
-        return counts.to(grad_edges.device)
+        return histogram_draws.on(counts, grad_edges.device)
 
 
 def draw_elements(
