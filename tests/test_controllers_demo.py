@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -26,10 +27,13 @@ QUIET = [
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    threads = torch.get_num_threads()
+def _as_a_user_runs_it():
+    """float32 parameters (the default outside the test suite); the thread count restored."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
     yield
     torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
 
 
 def config(*overrides: str) -> DictConfig:
@@ -54,3 +58,38 @@ def test_cabs_changes_the_batch_more_than_once_on_the_demo(tmp_path):
     for before, after in itertools.pairwise(changes):  # each change continues from the last one
         assert after["from"] == before["to"]
     assert all(16 <= a["to"] <= len(trainer.data.train) for a in changes)
+
+
+def test_evidence_early_stopping_fires_on_the_documented_small_data_set(tmp_path):
+    # docs/controllers.md: full-batch least squares, 20 weights, 100 examples, label noise 1
+    cfg = config(
+        "data=noisy_quadratic",
+        "data.dim=20",
+        "data.train_size=100",
+        "data.batch_size=100",
+        "model=logreg",
+        "optimizer=sgd",
+        "optimizer.lr=0.1",
+        "controller=early_stopping",
+        "cockpit.instruments=[Loss,EarlyStopping]",
+        "trainer.steps=300",
+        "trainer.eval_every=100",
+    )
+    trainer = Trainer(cfg, tmp_path)
+    summary = trainer.run()
+    opt, history = trainer.optimizer, trainer.optimizer.history
+    assert opt.should_stop and opt.stop_reason.startswith("EvidenceEarlyStopping at step")
+    assert summary["stop_reason"] == opt.stop_reason
+    # the stop, recomputed from the readings: the first step with 10 consecutive positive
+    # means of the last 10 readings
+    steps = np.array([r["step"] for r in history])
+    values = np.array([r["EarlyStopping"] for r in history])
+    assert np.isfinite(values).all() and values[0] < 0
+    means = np.convolve(values, np.ones(10) / 10, mode="valid")
+    positive = np.convolve((means > 0).astype(int), np.ones(10, dtype=int), mode="valid")
+    assert (positive == 10).any()
+    expected = steps[9 + 9 + int(np.argmax(positive == 10))]
+    ((action,),) = [r["actions"] for r in history if r.get("actions")]
+    assert action["what"] == "stop" and action["step"] == expected == steps[-1]
+    assert 25 <= expected <= 45  # docs/controllers.md reports step 33
+    assert trainer.step == expected + 1 < 300
