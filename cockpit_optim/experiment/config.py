@@ -277,9 +277,11 @@ class AlphaLRConfig(ControllerConfig):
     target: float = 0.15
     window: int = 20
     dead_band: float = 0.05
+    significance: float = 0.05  # largest sign-test p-value of a regular change
     max_change: list[float] = field(default_factory=lambda: [0.5, 1.15])
     bounds: list[float] = field(default_factory=lambda: [0.01, 10.0])
     warmup: int = 20
+    overshoots: list[int] = field(default_factory=lambda: [3, 10])  # emergency: 3 of 10 >= 1
     blowup: float = 10.0
     loss_smoothing: float = 0.9
 
