@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, MaxNLocator
 
 from .sources import series
 
@@ -165,10 +165,11 @@ def legend_below(ax: Axes, handles: Sequence, columns: int = 3) -> None:
 
 
 def log_ticks(ax: Axes) -> None:
-    """Log-scaled y axis with labels at powers of ten only."""
+    """Log-scaled y axis labelled at powers of ten; an axis spanning less than a decade also
+    labels some of the ticks in between (else it would carry no label at all)."""
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(numticks=4))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
 
 
 def message(ax: Axes, text: str) -> None:
@@ -206,11 +207,12 @@ def guarded(axes: Sequence[Axes], name: str, draw: Callable[[], None]) -> None:
 
 
 def smoothed(values: np.ndarray, half_width: int | None = None) -> np.ndarray:
-    """Centred local quadratic fit (Savitzky-Golay): point ``i`` is the value at ``i`` of the
-    least-squares parabola through ``values[i - h_i : i + h_i + 1]``, ``h_i = min(h, i, n-1-i)``:
-    the window stays symmetric up to both ends (where it shrinks to the point itself). Neither
-    lags behind a trend nor cuts through a curve's bend, as a trailing or plain centred mean does.
-    By default ``h = round(n / 10)``, at most 40; windows under 5 points keep the value."""
+    """A centred smooth line through ``values``: inside, point ``i`` is the value at ``i`` of the
+    least-squares parabola through ``values[i - h : i + h + 1]`` (Savitzky-Golay); within ``h``
+    of either end, where that window does not fit, the mean of the symmetric window
+    ``values[i - k : i + k + 1]``, ``k = min(i, n - 1 - i)`` (the end points as they are). Neither
+    lags behind a trend, as a trailing average does, nor cuts through a bend, as a wide mean does.
+    By default ``h = round(n / 10)``, at most 40; below ``h = 2`` the values are kept."""
     from scipy.signal import savgol_coeffs  # scipy is heavy to import; only plots need this
 
     values = np.asarray(values, dtype=float)
@@ -221,10 +223,9 @@ def smoothed(values: np.ndarray, half_width: int | None = None) -> np.ndarray:
     if h < 2:
         return out
     out[h : n - h] = np.convolve(values, savgol_coeffs(2 * h + 1, 2), mode="valid")
-    for k in range(2, h):  # the shrinking symmetric windows near both ends
-        weights = savgol_coeffs(2 * k + 1, 2)
-        out[k] = weights @ values[: 2 * k + 1]
-        out[n - 1 - k] = weights @ values[n - 1 - 2 * k :]
+    for k in range(1, h):  # the shrinking symmetric windows near both ends
+        out[k] = values[: 2 * k + 1].mean()
+        out[n - 1 - k] = values[n - 1 - 2 * k :].mean()
     return out
 
 
