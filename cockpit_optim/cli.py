@@ -10,8 +10,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from scipy.stats import kendalltau
-
 from . import __version__
 from .log import LOG_NAME
 from .plotting import animate, plot
@@ -98,6 +96,8 @@ def _trend(values: Sequence[float]) -> str:
     "up"/"down" only when its two-sided p-value is below ``TREND_P``, else "flat". The change is the
     median of the newer half against that of the older half (relative when both have the same
     sign, else absolute)."""
+    from scipy.stats import kendalltau  # slow to import; only summary needs it
+
     window = list(values[-TREND_WINDOW:])
     if len(window) < TREND_MIN:
         return "-"
