@@ -65,6 +65,7 @@ def main() -> None:
         loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
+    opt.close()  # completes the last record (its Alpha waits for a next step) and detaches
 
     with torch.no_grad():
         accuracy = float((model(x).argmax(1) == y).float().mean())

@@ -3,7 +3,10 @@
 The YAML files in ``conf/`` extend these schemas, so a misspelt key, a wrong type or an enum
 value outside its choices fails when Hydra composes the config.  :func:`register_configs` stores
 the schemas in Hydra's ``ConfigStore`` (group ``schema/<group>``); importing this module registers
-nothing.  :func:`validate` checks what a schema cannot (names, instrument lists, value ranges).
+nothing.  :func:`validate` checks what a schema cannot (names, instrument lists, value ranges,
+devices).  The optimizer and controller schemas name their class in ``_target_`` (Hydra's
+convention), so no table maps names to classes.  This module imports no other module of the
+experiment package (they import it).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "TrainConfig",
     "instrument_names",
     "register_configs",
+    "typed",
     "validate",
 ]
 
@@ -125,6 +129,26 @@ class TorchvisionConfig(DataConfig):
     batch_size: int = 128
 
 
+@dataclass
+class MNISTConfig(TorchvisionConfig):
+    name: str = "mnist"
+
+
+@dataclass
+class FashionMNISTConfig(TorchvisionConfig):
+    name: str = "fashion_mnist"
+
+
+@dataclass
+class CIFAR10Config(TorchvisionConfig):
+    name: str = "cifar10"
+
+
+@dataclass
+class CIFAR100Config(TorchvisionConfig):
+    name: str = "cifar100"
+
+
 # ---------------------------------------------------------------------------------- models
 @dataclass
 class ModelConfig:
@@ -189,7 +213,10 @@ class TransformerConfig(ModelConfig):
 # ------------------------------------------------------------------------------ optimizers
 @dataclass
 class OptimizerConfig:
+    """A ``torch.optim`` class (``_target_``) and its keyword arguments (the other fields)."""
+
     name: str = MISSING
+    _target_: str = MISSING
     lr: float = 0.1
     weight_decay: float = 0.0
 
@@ -197,11 +224,13 @@ class OptimizerConfig:
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"
+    _target_: str = "torch.optim.SGD"
 
 
 @dataclass
 class MomentumConfig(OptimizerConfig):
     name: str = "momentum"
+    _target_: str = "torch.optim.SGD"
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -210,6 +239,7 @@ class MomentumConfig(OptimizerConfig):
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: str = "adam"
+    _target_: str = "torch.optim.Adam"
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -218,6 +248,7 @@ class AdamConfig(OptimizerConfig):
 @dataclass
 class AdamWConfig(AdamConfig):
     name: str = "adamw"
+    _target_: str = "torch.optim.AdamW"
     weight_decay: float = 0.01
 
 
@@ -243,17 +274,22 @@ class CockpitConfig:
 # ----------------------------------------------------------------------------- controllers
 @dataclass
 class ControllerConfig:
+    """A controller class (``_target_``; none for ``null``) and its keyword arguments."""
+
     name: str = MISSING
+    _target_: str | None = MISSING
 
 
 @dataclass
 class NoControllerConfig(ControllerConfig):
     name: str = "none"
+    _target_: str | None = None
 
 
 @dataclass
 class CABSConfig(ControllerConfig):
     name: str = "cabs"
+    _target_: str | None = "cockpit_optim.controllers.CABSBatchSize"
     factor: float = 1.0
     smoothing: float = 0.95
     min_batch_size: int = 16
@@ -264,6 +300,7 @@ class CABSConfig(ControllerConfig):
 @dataclass
 class GradientTestConfig(ControllerConfig):
     name: str = "gradient_test"
+    _target_: str | None = "cockpit_optim.controllers.GradientTestBatchSize"
     test: GradientTest = GradientTest.norm
     theta: float = 0.9
     nu: float | None = None  # None: tan(80 deg)
@@ -274,6 +311,7 @@ class GradientTestConfig(ControllerConfig):
 @dataclass
 class AlphaLRConfig(ControllerConfig):
     name: str = "alpha_lr"
+    _target_: str | None = "cockpit_optim.controllers.AlphaLR"
     target: float = 0.15
     window: int = 20
     dead_band: float = 0.05
@@ -287,6 +325,7 @@ class AlphaLRConfig(ControllerConfig):
 @dataclass
 class EarlyStoppingConfig(ControllerConfig):
     name: str = "early_stopping"
+    _target_: str | None = "cockpit_optim.controllers.EvidenceEarlyStopping"
     window: int = 10
     patience: int = 10
     min_steps: int = 0
@@ -326,10 +365,16 @@ def _by_name(*schemas: type) -> dict[str, type]:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {
-        **_by_name(DigitsConfig, NoisyQuadraticConfig, SyntheticConfig, SequenceConfig),
-        "torchvision": TorchvisionConfig,  # mnist, fashion_mnist, cifar10, cifar100
-    },
+    "data": _by_name(
+        DigitsConfig,
+        NoisyQuadraticConfig,
+        SyntheticConfig,
+        SequenceConfig,
+        MNISTConfig,
+        FashionMNISTConfig,
+        CIFAR10Config,
+        CIFAR100Config,
+    ),
     "model": _by_name(
         MLPConfig, LogRegConfig, C3D3Config, DigitsCNNConfig, AllCNNCConfig, TransformerConfig
     ),
@@ -402,18 +447,12 @@ POSITIVE = {
 
 
 def validate(cfg: DictConfig | TrainConfig) -> None:
-    """Check the names, the instrument list and the trainer settings of a composed config;
-    raises :class:`ConfigError` with the valid choices."""
-    from .data import DATASETS
-    from .models import MODELS
-    from .trainer import CONTROLLERS, OPTIMIZERS
-
+    """Check the names, the instrument list, the trainer settings and the device of a composed
+    config; raises :class:`ConfigError` with the valid choices."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
-    _check_name(cfg, "data", DATASETS)
-    _check_name(cfg, "model", MODELS)
-    _check_name(cfg, "optimizer", OPTIMIZERS)
-    _check_name(cfg, "controller", CONTROLLERS)
+    for group in ("data", "model", "optimizer", "controller"):
+        _check_name(cfg, group, SCHEMAS[group])
     instrument_names(list(cfg.cockpit.instruments))
     trainer = cfg.trainer
     if (trainer.steps is None) == (trainer.epochs is None):
@@ -427,10 +466,46 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
         if not (value is None and optional) and (value is None or value < 1):
             raise ConfigError(f"{key} must be a positive integer, got {value}")
     if trainer.device != "auto":
-        try:
-            torch.device(trainer.device)
-        except RuntimeError as error:
+        _check_device(trainer.device)
+
+
+def _check_device(name: str) -> None:
+    """``name`` is a device of this machine (``torch.device`` accepts more than exists here)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"trainer.device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
             raise ConfigError(
-                f"trainer.device={trainer.device!r} is not a device; use auto, cpu, cuda, "
-                "cuda:N or mps"
-            ) from error
+                f"trainer.device={name!r}, but torch finds no CUDA device here; use "
+                "trainer.device=auto (a GPU where there is one) or trainer.device=cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"trainer.device={name!r}, but there are {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"trainer.device={name!r}, but MPS is not available here; use trainer.device=auto"
+        )
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"trainer.device={name!r} is not supported; use auto, cpu, cuda or mps")
+
+
+def typed(cfg: DictConfig | dict) -> DictConfig:
+    """A saved config (a run's ``.hydra/config.yaml``) on its schemas again: types and enum
+    choices are checked, as at composition, when settings are changed afterwards."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    root = OmegaConf.structured(TrainConfig)
+    for group, schemas in SCHEMAS.items():
+        name = OmegaConf.select(cfg, f"{group}.name")
+        schema = schemas.get(name) if len(schemas) > 1 else next(iter(schemas.values()))
+        if schema is None:
+            _check_name(cfg, group, schemas)
+        root[group] = OmegaConf.merge(OmegaConf.structured(schema), cfg[group])
+    return root
