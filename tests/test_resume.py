@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import subprocess
 import sys
@@ -148,8 +149,8 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     trainer = Trainer(config(*FAST, "cockpit=off", "trainer.steps=4"), tmp_path)
     synced = []
-    fsync = trainer_module().os.fsync
-    monkeypatch.setattr(trainer_module().os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
     trainer.save_checkpoint()
     assert len(synced) == 2  # the file, then the folder holding the rename
     good = (tmp_path / CHECKPOINT).read_bytes()
@@ -158,16 +159,12 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         handle.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trainer_module().torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     trainer.step = 2
     with pytest.warns(UserWarning, match="previous checkpoint stays"):
         trainer.save_checkpoint()
     assert (tmp_path / CHECKPOINT).read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
-
-
-def trainer_module():
-    return sys.modules[Trainer.__module__]
 
 
 # ---------------------------------------------------------------------------- stopping

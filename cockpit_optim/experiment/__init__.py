@@ -8,10 +8,11 @@ Needs the ``experiments`` extra (Hydra, scikit-learn, tqdm): ``pip install "cock
 """
 
 from . import extra  # noqa: F401  (first: an ImportError that names the missing extra)
-from .config import ConfigError, TrainConfig, instrument_names, register_configs, validate
+from .config import ConfigError, TrainConfig, register_configs
 from .data import Data, DataInfo, DataNotFoundError, load_data
 from .models import build_model, num_parameters
 from .trainer import Trainer, evaluate, train
+from .validation import instrument_names, validate
 
 __all__ = [
     "ConfigError",

@@ -1,5 +1,6 @@
-"""Run folders of ``experiments/train.py``: resuming a run from its own saved config, removing the
-folder Hydra made for a run that failed before training, and the groups ``--help`` lists.
+"""Run folders of ``experiments/train.py``: checkpoints written atomically and read with
+``weights_only=True``, resuming a run from its own saved config, removing the folder Hydra made
+for a run that failed before training, and the groups ``--help`` lists.
 
 A resumed run is not composed by Hydra again: ``python experiments/train.py hydra.run.dir=<run>
 trainer.resume=true`` reads ``<run>/.hydra/config.yaml`` (the config the run was started with,
@@ -9,16 +10,28 @@ whatever its overrides), applies the ``trainer.*`` overrides of the command line
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, typed
+from .config import ConfigError
+from .validation import typed
 
-__all__ = ["HYDRA_FILES", "config_groups", "remove_unused_run", "resume_config", "resume_folder"]
+__all__ = [
+    "HYDRA_FILES",
+    "config_groups",
+    "load_checkpoint",
+    "remove_unused_run",
+    "resume_config",
+    "resume_folder",
+    "save_atomically",
+]
 
 #: What Hydra writes into a run folder before the task starts.
 HYDRA_FILES = frozenset({".hydra", "train.log"})
@@ -106,3 +119,34 @@ def config_groups(conf: str | Path) -> str:
         f"{group.name}: {', '.join(sorted(p.stem for p in group.glob('*.yaml')))}"
         for group in groups
     )
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, synced, then renamed over ``path``: a crash leaves the
+    old file or the new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself
+    finally:
+        os.close(folder)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint of :meth:`Trainer.save_checkpoint`, read with ``weights_only=True``: tensors,
+    containers and numbers only, so a folder from elsewhere cannot run code when loaded."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConfigError(
+            f"cannot resume from {path}: it holds objects other than tensors, containers and "
+            f"numbers, and is not loaded ({str(error).splitlines()[0]})"
+        ) from None

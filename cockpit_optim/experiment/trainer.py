@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,10 +28,12 @@ from tqdm import tqdm
 from .. import MonitoredOptimizer, plot, plot_layerwise, schedules
 from ..cli import main as cockpit_cli
 from ..controllers import DEFAULT_NU, AdaptiveBatchSampler
-from .config import ConfigError, instrument_names, validate
+from .config import ConfigError
 from .data import Data, load_data
 from .distributed import join, leave, wrap
 from .models import build_model, num_parameters
+from .runs import load_checkpoint, save_atomically
+from .validation import instrument_names, validate
 
 __all__ = [
     "CHECKPOINT",
@@ -43,8 +43,6 @@ __all__ = [
     "build_controllers",
     "build_optimizer",
     "evaluate",
-    "load_checkpoint",
-    "save_atomically",
     "train",
 ]
 
@@ -131,37 +129,6 @@ def evaluate(
 def _to(batch: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
     """Move a batch; float tensors take the model's dtype, integer labels and tokens stay."""
     return tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in batch)
-
-
-def save_atomically(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file, synced, then renamed over ``path``: a crash leaves the
-    old file or the new one, never a part."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself
-    finally:
-        os.close(folder)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint of :meth:`Trainer.save_checkpoint`, read with ``weights_only=True``: tensors,
-    containers and numbers only, so a folder from elsewhere cannot run code when loaded."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ConfigError(
-            f"cannot resume from {path}: it holds objects other than tensors, containers and "
-            f"numbers, and is not loaded ({str(error).splitlines()[0]})"
-        ) from None
 
 
 class Evaluator:
