@@ -27,7 +27,7 @@ def summarize(record: dict) -> list[tuple[str, str]]:
         if isinstance(value, float):
             rows.append((key, f"{value:.4g}" if math.isfinite(value) else str(value)))
         elif key in ("GradHist1d", "GradHist2d"):
-            rows.append((key, f"{value['binned']:,} of {value['population']:,} elements binned"))
+            rows.append((key, f"{value['binned']:,}/{value['population']:,} binned"))
         elif key in ("step", "batch_size", "HessMaxEV_hvps", "curvature"):
             rows.append((key, str(value)))
     return rows

@@ -171,7 +171,12 @@ class _Before:
 
 
 class Trainer:
-    """One training run in ``run_dir`` (``cockpit.jsonl``, ``checkpoint.pt``, PNGs, ``summary.json``)."""
+    """One training run in ``run_dir`` (``cockpit.jsonl``, ``checkpoint.pt``, PNGs, ``summary.json``).
+
+    With ``trainer.resume`` and a checkpoint in ``run_dir`` it continues that run (only trainer
+    settings may differ from the checkpoint's config); otherwise the run starts over and replaces
+    the folder's log and checkpoint (saying so when there were any).
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         validate(cfg)
