@@ -584,6 +584,8 @@ class MonitoredOptimizer(Optimizer):
             "optimizer": self.optimizer.state_dict(),
             "monitor": {
                 "step": self._step,
+                "should_stop": self.should_stop,
+                "stop_reason": self.stop_reason,
                 "theta0": self._theta0,
                 "pending": pending,
                 "generator": self._generator.get_state(),
@@ -608,6 +610,8 @@ class MonitoredOptimizer(Optimizer):
         self.engine.transfer = HostTransfer()  # values queued before the restore are dropped
         self._read_at = -1
         self._step = int(monitor["step"])
+        self.should_stop = bool(monitor.get("should_stop", False))
+        self.stop_reason = monitor.get("stop_reason")
         self._theta0 = _like_params(monitor["theta0"], self._params)
         pending = monitor["pending"]
         if pending is not None:

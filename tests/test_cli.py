@@ -157,8 +157,7 @@ def _log_file(tmp_path, text: str):
     [
         (None, "no cockpit log"),
         ("", "has no records"),
-        ('{"step": 0, "Loss": 1.0}\nnot json\n{"step": 2}\n', "not a JSON record"),
-        ('{"step": 0}\n[1, 2]\n', "not a record"),
+        ("not json\n[1, 2]\n", "has no records"),  # malformed lines are skipped
     ],
 )
 @pytest.mark.parametrize("command", ["plot", "summary", "animate"])
