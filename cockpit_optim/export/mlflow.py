@@ -18,7 +18,9 @@ class MLflowWriter(Writer):
     """Log records to an MLflow run through an ``MlflowClient`` (no global active run).
 
     Scalars follow the tag scheme of :mod:`.records` as metric keys at ``step = record["step"]``
-    (timestamp from ``Time``). MLflow has no histogram type: ``GradHist1d`` is exported as its
+    (timestamp from ``Time``), except that per-parameter readings are ``cockpit/R_params/<param>``
+    (MLflow's file store keeps a metric as a file, which cannot also be the folder of
+    ``cockpit/R/<param>``). MLflow has no histogram type: ``GradHist1d`` is exported as its
     out-of-range and bin counts only (the histogram itself is in the cockpit image). Controller
     actions accumulate in the text artifact ``cockpit/actions.md``, the cockpit view is the image
     ``cockpit/view``.
@@ -61,7 +63,7 @@ class MLflowWriter(Writer):
         step = int(record["step"])
         stamp = int(1000 * float(record.get("Time", time.time())))
         metrics = [
-            self._entities.Metric(tag, value, stamp, step) for tag, value in scalars(record).items()
+            self._entities.Metric(tag, value, stamp, step) for tag, value in scalars(record, nest_params=False).items()
         ]
         for start in range(0, len(metrics), BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])

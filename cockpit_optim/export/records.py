@@ -49,8 +49,11 @@ def _is_histogram(value: Any) -> bool:
     return isinstance(value, Mapping) and "counts" in value
 
 
-def scalars(record: Mapping[str, Any]) -> dict[str, float]:
-    """Every scalar of ``record`` under its tag (see the module docstring)."""
+def scalars(record: Mapping[str, Any], *, nest_params: bool = True) -> dict[str, float]:
+    """Every scalar of ``record`` under its tag (see the module docstring).
+
+    ``nest_params=False`` keeps per-parameter dicts under their own name,
+    ``cockpit/R_params/<param>``, for stores in which a metric cannot also be a folder."""
     out: dict[str, float] = {}
     for key, value in record.items():
         if key in NOT_SCALARS:
@@ -63,7 +66,7 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
                 if (count := _number(value.get(name))) is not None:
                     out[f"{PREFIX}/{key}/{name}"] = count
         elif isinstance(value, Mapping):
-            stem = key.removesuffix("_params")
+            stem = key.removesuffix("_params") if nest_params else key
             _flatten(f"{PREFIX}/{stem}", value, out)
     return out
 
