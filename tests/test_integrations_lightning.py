@@ -8,12 +8,12 @@ import warnings
 
 import pytest
 import torch
+from cockpit_optim.controllers import AdaptiveBatchSampler, CABSBatchSize
 from reference import first_order, individual
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cockpit_optim import CockpitError, MonitoredOptimizer, ReadingWarning
-from cockpit_optim.controllers import AdaptiveBatchSampler, CABSBatchSize
 
 pl = pytest.importorskip("lightning.pytorch")
 from cockpit_optim.integrations.lightning import CockpitCallback  # noqa: E402

@@ -36,7 +36,9 @@ def _report_writers(args: Any) -> list[Any]:
     writers, missing = [], []
     for name in names:
         if name == "tensorboard":
-            root = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs")
+            root = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(
+                args.output_dir, "runs"
+            )
             writers.append(TensorBoardWriter(os.path.join(root, "cockpit")))
         elif name == "wandb":
             import wandb
