@@ -12,10 +12,12 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from .cockpit import plot
 from .layerwise import plot_layerwise
 
-__all__ = ["LiveCockpit", "LivePlot", "in_notebook"]
+__all__ = ["LiveCockpit", "LivePlot", "in_notebook", "show_figures_inline"]
 
 NOTEBOOK_DPI = 60  # 960 x 720 px: the whole cockpit within a notebook's width
 
@@ -27,10 +29,27 @@ def in_notebook() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def _png(records: Sequence[dict], log_steps: bool) -> bytes:
+def _figure_png(figure: Figure) -> bytes:
     buffer = BytesIO()
-    plot(records, log_steps=log_steps).savefig(buffer, format="png", dpi=NOTEBOOK_DPI)
+    figure.savefig(buffer, format="png", dpi=NOTEBOOK_DPI, facecolor=figure.get_facecolor())
     return buffer.getvalue()
+
+
+def show_figures_inline() -> None:
+    """In a Jupyter kernel, let every matplotlib ``Figure`` (the one :func:`plot` returns
+    included) display as a PNG when it is a cell's value. Done on import; a formatter that is
+    already registered (matplotlib's inline backend) is kept."""
+    if not in_notebook():
+        return
+    formatter = sys.modules["IPython"].get_ipython().display_formatter.formatters["image/png"]
+    try:
+        formatter.lookup_by_type(Figure)
+    except KeyError:
+        formatter.for_type(Figure, _figure_png)
+
+
+def _png(records: Sequence[dict], log_steps: bool) -> bytes:
+    return _figure_png(plot(records, log_steps=log_steps))
 
 
 class _Display:
@@ -43,6 +62,7 @@ class _Display:
             raise ImportError("the notebook display needs IPython: pip install ipython") from error
         self._image, self._display = Image, display
         self.handle = None
+        self.shown = 0  # drawings shown so far (the first displays, the others replace it)
 
     def show(self, png: bytes) -> None:
         image = self._image(data=png, format="png")
@@ -50,6 +70,7 @@ class _Display:
             self.handle = self._display(image, display_id=True)
         else:
             self.handle.update(image)
+        self.shown += 1
 
 
 class LivePlot:
@@ -198,6 +219,11 @@ class LiveCockpit:
         """The IPython ``DisplayHandle`` of the output (``None`` before the first drawing)."""
         return self._display.handle
 
+    @property
+    def shown(self) -> int:
+        """Number of drawings shown (all in the same output)."""
+        return self._display.shown
+
     def write(self, record: Mapping[str, Any]) -> None:
         """Writer protocol: add a complete record; redraw when ``every`` new ones arrived."""
         self.history.append(dict(record))
@@ -229,3 +255,6 @@ class LiveCockpit:
         """Draw the records that arrived since the last drawing."""
         if len(self.history) > self.drawn:
             self.show()
+
+
+show_figures_inline()
