@@ -160,3 +160,128 @@ def test_readings_reach_report_to_tensorboard(tmp_path, monkeypatch):
     got = [e.value for e in events.Scalars("cockpit/Loss")]
     assert got == pytest.approx([r["Loss"] for r in callback.monitor.history], rel=1e-6)
     assert "cockpit/GradHist1d" in events.Tags()["histograms"]
+
+
+# ------------------------------------------------------------------ a causal language model
+VOCAB, LENGTH = 50, 16
+
+
+def _gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    model.seen = []
+
+    def remember(module, args, kwargs):
+        if module.training and torch.is_grad_enabled() and "labels" in kwargs:
+            params = {n: p.detach().clone() for n, p in module.named_parameters()}
+            batch = {k: kwargs[k].clone() for k in ("input_ids", "attention_mask", "labels")}
+            module.seen.append((batch, params))
+
+    model.register_forward_pre_hook(remember, with_kwargs=True)
+    return model
+
+
+def _token_rows(n: int = 24) -> list[dict]:
+    """Generated token sequences of lengths 6..16, padded to 16 (labels -100 on the padding)."""
+    gen = torch.Generator().manual_seed(5)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(6, LENGTH + 1, (1,), generator=gen))
+        ids = torch.zeros(LENGTH, dtype=torch.long)
+        ids[:length] = torch.randint(1, VOCAB, (length,), generator=gen)
+        mask = (torch.arange(LENGTH) < length).long()
+        labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+        rows.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return rows
+
+
+def _token_reference(model, micro_batches):
+    """Per-token losses and gradients (autograd loop, float32, no autocast) over the targets that
+    enter the shifted cross-entropy of every micro-batch."""
+    from torch.func import functional_call
+
+    losses, grads = [], []
+    for batch, params in micro_batches:
+        leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        out = functional_call(
+            model, leaves, (), {"input_ids": batch["input_ids"],
+                                "attention_mask": batch["attention_mask"]}
+        )  # fmt: skip
+        logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]
+        keep = targets != -100
+        token_losses = nn.functional.cross_entropy(logits[keep], targets[keep], reduction="none")
+        names = list(leaves)
+        for loss in token_losses:
+            g = torch.autograd.grad(loss, [leaves[k] for k in names], retain_graph=True,
+                                    allow_unused=True)  # fmt: skip
+            grads.append(torch.cat([
+                (gi if gi is not None else torch.zeros_like(leaves[k])).reshape(-1)
+                for gi, k in zip(g, names)
+            ]))  # fmt: skip
+            losses.append(loss.detach())
+    return torch.stack(losses).double(), torch.stack(grads).double()
+
+
+def _check_gpt2(model, history, accumulation, rel):
+    assert history
+    for record in history:
+        t = record["step"]
+        micro = model.seen[t * accumulation : (t + 1) * accumulation]
+        losses, grads = _token_reference(model, micro)
+        expected = first_order(losses, grads, record["lr"])
+        assert record["batch_size"] == losses.shape[0]  # tokens that enter the loss
+        for key in FIRST_ORDER:
+            assert record[key] == pytest.approx(expected[key], rel=rel), (t, key)
+
+
+@pytest.fixture
+def float32():
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(dtype)
+
+
+def test_gpt2_with_padding_and_accumulation(tmp_path, float32):
+    model = _gpt2()
+    callback = CockpitCallback(instruments="economy")  # the model's own loss: CausalLMLoss
+    trainer = _train(
+        model,
+        callback,
+        tmp_path,
+        data=_token_rows(),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+    )
+    assert trainer.state.global_step == 3 and len(model.seen) == 6
+    _check_gpt2(model, callback.monitor.history, accumulation=2, rel=1e-4)
+
+
+def test_gpt2_bf16_with_clipping(tmp_path, float32):
+    model = _gpt2()
+    callback = CockpitCallback(instruments="economy")
+    _train(
+        model,
+        callback,
+        tmp_path,
+        data=_token_rows(),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        bf16=True,
+        max_grad_norm=1.0,
+    )
+    history = callback.monitor.history
+    assert [r["step"] for r in history] == [0, 1]
+    _check_gpt2(model, history, accumulation=2, rel=5e-2)
