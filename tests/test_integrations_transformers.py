@@ -285,3 +285,18 @@ def test_gpt2_bf16_with_clipping(tmp_path, float32):
     history = callback.monitor.history
     assert [r["step"] for r in history] == [0, 1]
     _check_gpt2(model, history, accumulation=2, rel=5e-2)
+
+
+def test_readings_reach_report_to_mlflow(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "trainer")
+    model = Classifier()
+    callback = CockpitCallback(instruments=["Loss", "GradNorm"], loss_fn=model.loss_fn)
+    _train(model, callback, tmp_path, report_to=["mlflow"])
+    client = mlflow.tracking.MlflowClient((tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("trainer").experiment_id])
+    got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "cockpit/Loss")}
+    assert got == {r["step"]: pytest.approx(r["Loss"], rel=1e-12) for r in callback.monitor.history}
+    assert "loss" in run.data.metrics  # the Trainer's own logging, in the same run

@@ -55,6 +55,15 @@ def run_command(args: argparse.Namespace) -> str:
     """Carry out ``cockpit-optim export`` and describe what was written."""
     if not (args.tensorboard or args.wandb or args.mlflow):
         raise ValueError("export: name at least one of --tensorboard, --wandb, --mlflow")
+    try:
+        writers, targets = _writers(args)
+    except ImportError as error:  # a missing extra: a usage error of the command
+        raise ValueError(str(error)) from error
+    count = export(args.log, writers, image=not args.no_image)
+    return f"{count} records -> " + ", ".join(targets)
+
+
+def _writers(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     writers, targets = [], []
     if args.tensorboard:
         from .tensorboard import TensorBoardWriter
@@ -72,5 +81,4 @@ def run_command(args: argparse.Namespace) -> str:
         writer = MLflowWriter(args.mlflow, args.experiment, run_name=args.name)
         writers.append(writer)
         targets.append(f"MLflow run {writer.run_id}")
-    count = export(args.log, writers, image=not args.no_image)
-    return f"{count} records -> " + ", ".join(targets)
+    return writers, targets

@@ -63,7 +63,8 @@ class MLflowWriter(Writer):
         step = int(record["step"])
         stamp = int(1000 * float(record.get("Time", time.time())))
         metrics = [
-            self._entities.Metric(tag, value, stamp, step) for tag, value in scalars(record, nest_params=False).items()
+            self._entities.Metric(tag, value, stamp, step)
+            for tag, value in scalars(record, nest_params=False).items()
         ]
         for start in range(0, len(metrics), BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
