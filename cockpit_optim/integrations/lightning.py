@@ -170,6 +170,10 @@ class CockpitCallback(pl.Callback):
         for monitor in self.monitors:
             monitor.close()
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """An interrupted run keeps its records: the monitors (and their writers) are closed."""
+        self.on_train_end(trainer, pl_module)
+
     def state_dict(self) -> dict[str, Any]:
         return {"seen": self._seen}
 
