@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .engine.distributed import combiner_for
-from .engine.losses import check_loss_module
 from .engine.request import Request, Statistics
 from .engine.statistics import StatisticsEngine
 from .engine.transfer import Deferred, HostTransfer
@@ -22,6 +21,7 @@ from .errors import CockpitError, ReadingWarning
 from .instruments import Instrument, resolve
 from .instruments.alpha import AlphaObservations, LineObservation
 from .log import LogWriter
+from .losses import SampleLoss, check_loss
 from .schedules import Schedule, as_schedule
 
 __all__ = ["MonitoredOptimizer"]
@@ -48,7 +48,9 @@ class MonitoredOptimizer(Optimizer):
     Args:
         optimizer: any ``torch.optim.Optimizer`` over (some of) ``model``'s parameters.
         model: the module whose forward computes the predictions passed to ``loss_fn``.
-        loss_fn: mean-reduced loss module; compute the loss by calling this very object.
+        loss_fn: mean-reduced loss module; compute the loss by calling this very object.  For a
+            model that computes its loss inside ``forward``, a :class:`~.losses.SampleLoss`
+            saying where predictions and targets are (e.g. :class:`~.losses.CausalLMLoss`).
         instruments: ``"economy"``, ``"business"``, ``"full"`` or names / instrument objects.
         track: tracking interval (int) or schedule ``step -> bool`` (see :mod:`.schedules`).
         log_dir: folder for ``cockpit.jsonl``; ``None`` keeps records in memory only.
@@ -74,7 +76,7 @@ class MonitoredOptimizer(Optimizer):
         self,
         optimizer: Optimizer,
         model: nn.Module,
-        loss_fn: nn.Module,
+        loss_fn: nn.Module | SampleLoss,
         instruments: str | Iterable[str | Instrument] = "economy",
         track: int | Schedule = 1,
         log_dir: str | os.PathLike | None = None,
@@ -90,7 +92,7 @@ class MonitoredOptimizer(Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
         if isinstance(optimizer, MonitoredOptimizer):
             raise TypeError("optimizer is already a MonitoredOptimizer")
-        check_loss_module(loss_fn)
+        check_loss(loss_fn)
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
         self.controllers = list(controllers)
         self.instruments: list[Instrument] = resolve(instruments)
@@ -156,6 +158,7 @@ class MonitoredOptimizer(Optimizer):
         return self.optimizer.defaults
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self.engine.capture.gradients_reset()  # earlier backward passes no longer count
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -251,9 +254,13 @@ class MonitoredOptimizer(Optimizer):
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """Evaluate ``closure`` (if given), take the readings due at this step, update.
 
+        Every backward pass since the last step (gradient accumulation) belongs to this step's
+        batch.  A closure is evaluated once for the readings and that evaluation is handed to
+        the wrapped optimizer as its first; later evaluations (``LBFGS``) are not recorded.
         Statistics stay on the device until one host read per step (after the update; before
         it when a completed Alpha must reach controllers first), after which the instruments
-        compute and records are finished."""
+        compute and records are finished.  The update is always taken, as the bare optimizer
+        would take it, whatever a reading does."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -264,17 +271,13 @@ class MonitoredOptimizer(Optimizer):
             self._theta0 = [p.detach().clone() for p in self._params]
         try:
             record, stats = self._before_update(t, tracked)
-        except CockpitError:
-            self.engine.release()
-            self._arm()
-            raise
         except Exception as error:  # a failing gauge never stops training
             self._skip(t, error)
             record, stats, tracked = None, None, False
         before = None
         if tracked and self._request.update:
             before = [p.detach().clone() for p in self._params]
-        self.optimizer.step()
+        self._update(closure, loss)
         try:
             if tracked:
                 self._after_update(t, record, stats, before)
@@ -290,6 +293,22 @@ class MonitoredOptimizer(Optimizer):
             self._step += 1
             self._arm()
         return loss
+
+    def _update(self, closure: Callable[[], Tensor] | None, loss: Tensor | None) -> None:
+        """The wrapped optimizer's step; a closure's first evaluation is the one already made."""
+        if closure is None:
+            self.optimizer.step()
+            return
+        first = [True]
+
+        def evaluated_once() -> Tensor:
+            if first[0]:
+                first[0] = False
+                return loss
+            with self.engine.capture.suspended():
+                return closure()
+
+        self.optimizer.step(evaluated_once)
 
     def _skip(self, t: int, error: Exception, record: dict | None = None) -> None:
         """Warn that step ``t``'s readings failed; drop ``record`` (and a pending Alpha: all of
@@ -324,42 +343,35 @@ class MonitoredOptimizer(Optimizer):
     def _lr(self) -> float:
         return float(self.param_groups[0].get("lr", math.nan))
 
-    def _check_gradients(self) -> None:
-        missing = [n for n, p in zip(self._names, self._params) if p.grad is None]
-        if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise CockpitError(
-                f"parameter(s) without gradient at a tracked step: {shown}. Call loss.backward() "
-                "before step() (or pass a closure), and freeze unused parameters with "
-                "requires_grad_(False) or leave them out of the optimizer."
-            )
-
     def _before_update(self, t: int, tracked: bool) -> tuple[dict | None, Statistics | None]:
         completing = self._pending is not None
         if not tracked and not completing:
             return None, None
-        self._check_gradients()
         request = self._request if tracked else Request(losses=True, projection=True)
         direction = self._pending["direction"] if completing else None
         stats = self.engine.collect(request, self._lr(), direction, step=t)
         record = None
+        failed: dict[str, str] = {}
         if tracked:
             if self._request.distance:
                 distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
                 stats.distance = self.engine.transfer.defer(distance)
             for instrument in self.instruments:
                 if not instrument.after_update:
-                    instrument.prepare(stats)
+                    try:
+                        instrument.prepare(stats)
+                    except Exception as error:  # only this instrument's reading is lost
+                        failed[instrument.name] = repr(error)
         if completing:
             self._complete_alpha(stats)
         if tracked:
             record = {"step": t}
-            self._then(record, lambda: self._fill(record, stats))
+            self._then(record, lambda: self._fill(record, stats, failed))
         if completing and self.controllers:
             self._read()  # controllers act on the completed record before this update
         return record, stats
 
-    def _fill(self, record: dict, stats: Statistics) -> None:
+    def _fill(self, record: dict, stats: Statistics, failed: dict[str, str]) -> None:
         """Read the instruments computed before the update into ``record`` (after the read)."""
         stats.lr = self._lr()  # a controller may have changed it before this update
         record["lr"] = stats.lr
@@ -370,12 +382,27 @@ class MonitoredOptimizer(Optimizer):
         stats.resolve()
         for instrument in self.instruments:
             if not instrument.after_update:
-                self._take(instrument, stats, record)
+                self._take(instrument, stats, record, failed.get(instrument.name))
 
-    def _take(self, instrument: Instrument, stats: Statistics, record: dict) -> None:
-        record[instrument.name] = instrument.read(stats)
-        if hasattr(instrument, "extras"):
-            record.update(instrument.extras(stats))
+    def _take(
+        self, instrument: Instrument, stats: Statistics, record: dict, failure: str | None = None
+    ) -> None:
+        """``record[instrument.name]``; an instrument that fails reads ``nan`` (with a warning
+        naming the cause) and the rest of the record stays."""
+        if failure is None:
+            try:
+                record[instrument.name] = instrument.read(stats)
+                if hasattr(instrument, "extras"):
+                    record.update(instrument.extras(stats))
+                return
+            except Exception as error:
+                failure = repr(error)
+        record[instrument.name] = math.nan
+        warnings.warn(
+            f"{instrument.name} of step {record['step']} failed and reads nan: {failure}",
+            ReadingWarning,
+            stacklevel=2,
+        )
 
     def _after_update(self, t: int, record: dict, stats: Statistics, before) -> None:
         transfer = self.engine.transfer

@@ -1,40 +1,55 @@
-"""Hooks that record, at armed steps only, what the statistics need from one forward/backward pass:
-the model's inputs (with the RNG state, for replays), each supported layer's input and output
-gradient, and the loss module's prediction and target.  Unarmed, every hook returns at once."""
+"""Hooks that record, at armed steps only, what the statistics need from the passes one ``step()``
+consumes: each model call's inputs (with the RNG state, for replays), each layer call's input and
+output gradient, and each loss call's prediction, target and the factor its backward pass carried.
+
+A step may consume several forward/backward passes (gradient accumulation): each model call whose
+loss reached a backward pass is one *micro-batch*.  Calls that never reach a backward pass
+(validation or logging forwards) are dropped when the next model call starts, so they neither
+change a reading nor hold memory.  Unarmed, every hook returns at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .layers import rule_factory
 
 
 @dataclass
-class LayerSlot:
-    """One module with parameters, and what was captured from it at the current step.
+class LayerCall:
+    """One call of a layer: its input and output gradient (layers with a rule), or all its
+    arguments and the gradients of its tensor outputs (the generic rule)."""
 
-    Modules with a rule (``factory``) record their first input and output gradient; any other
-    module records all its call arguments and the gradients of all its tensor outputs, for the
-    generic ``torch.func`` rule.
-    """
+    forward: int
+    inputs: Tensor | None = None
+    grad_out: Tensor | None = None
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    grads: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def reached(self) -> bool:
+        """Whether a backward pass reached the call's outputs."""
+        return self.grad_out is not None or bool(self.grads)
+
+
+@dataclass
+class LayerSlot:
+    """One module with monitored parameters and its calls at the current step."""
 
     name: str
     module: nn.Module
     param_names: list[str]
     local_names: list[str]
     factory: Any
-    inputs: Tensor | None = None
-    grad_out: Tensor | None = None
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
-    grads: dict[int, Tensor] = field(default_factory=dict)
-    calls: int = 0
+    calls: list[LayerCall] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -42,46 +57,91 @@ class LayerSlot:
         return self.name or type(self.module).__name__
 
     def clear(self) -> None:
-        self.inputs = self.grad_out = None
-        self.args, self.kwargs, self.grads = (), {}, {}
-        self.calls = 0
+        self.calls = []
 
 
 @dataclass
 class ModelInput:
-    """Arguments of the model's forward call and the RNG states just before it."""
+    """Arguments of one model call and the RNG states just before it."""
 
     args: tuple
     kwargs: dict
     cpu_rng: Tensor
     cuda_rng: list[Tensor] = field(default_factory=list)
+    index: int = 0
+    output_node: Any = None
+
+
+@dataclass
+class LossCall:
+    """One evaluation of the loss: prediction and target (detached), the gradient that reached
+    the loss value (``factor``: ``c`` of ``(c * loss).backward()``, the loss scale of
+    ``GradScaler``), and, for samples that are not rows of the model's batch (tokens), their
+    losses and gradients computed at the call (``losses``, ``sample_grads``)."""
+
+    forward: int
+    prediction: Tensor
+    target: Tensor
+    node: Any = None
+    factor: Tensor | None = None
+    consumed: bool = False
+    losses: Tensor | None = None
+    sample_grads: list[Tensor] | None = None
+    problem: str | None = None
+    stale: bool = False
+
+
+@dataclass
+class MicroBatch:
+    """A model call whose loss reached a backward pass consumed by the step."""
+
+    loss: LossCall
+    model_input: ModelInput | None
 
 
 class Capture:
-    """Registers the hooks on ``model`` and ``loss_fn``; ``armed`` switches recording on."""
+    """Registers the hooks on ``model`` and ``loss_fn``; ``armed`` switches recording on.
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, monitored: dict[int, str]) -> None:
+    ``sample_loss`` (a :class:`~cockpit_optim.losses.SampleLoss`) replaces the loss-module hook
+    for models that compute their loss inside ``forward``.  ``on_loss`` is called with each new
+    :class:`LossCall` and the prediction still attached to its graph.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        monitored: dict[int, str],
+        on_loss: Callable[[LossCall, Tensor, Tensor], None] | None = None,
+    ) -> None:
         self.armed = False
         self._suspended = 0
+        self._inner = 0
+        self._sample_loss = None if isinstance(loss_fn, nn.Module) else loss_fn
+        self._on_loss_call = on_loss
         self.slots: list[LayerSlot] = []
-        self.model_input: ModelInput | None = None
-        self.model_output_node: Any = None
-        self.loss_inputs: list[tuple[Tensor, Tensor, Any]] = []
+        self.forward_index = 0
+        self.inputs: dict[int, ModelInput] = {}
+        self.loss_calls: list[LossCall] = []
+        self.late: list[str] = []  # backward passes that came after their calls were dropped
         self._handles = [
             model.register_forward_pre_hook(self._on_model_input, with_kwargs=True),
-            model.register_forward_hook(self._on_model_output),
-            loss_fn.register_forward_hook(self._on_loss),
+            model.register_forward_hook(self._on_model_output, with_kwargs=True),
         ]
+        if self._sample_loss is None:
+            self._handles.append(loss_fn.register_forward_hook(self._on_loss))
         for module_name, module in model.named_modules():
+            if _inside_parametrization(module_name):
+                continue
             direct = [
-                (n, p) for n, p in module.named_parameters(recurse=False) if id(p) in monitored
+                (n, p) for n, p in _direct_parameters(module) if id(p) in monitored
             ]
             if not direct:
                 continue
             names = [monitored[id(p)] for _, p in direct]
-            slot = LayerSlot(
-                module_name, module, names, [n for n, _ in direct], rule_factory(module)
-            )
+            # parametrized weights are recomputed inside the module: the generic rule handles them
+            factory = None if parametrize.is_parametrized(module) else rule_factory(module)
+            slot = LayerSlot(module_name, module, names, [n for n, _ in direct], factory)
             self.slots.append(slot)
             self._handles.append(
                 module.register_forward_hook(self._layer_hook(slot), with_kwargs=True)
@@ -100,63 +160,185 @@ class Capture:
         finally:
             self._suspended -= 1
 
+    @contextlib.contextmanager
+    def inner_backward(self) -> Iterator[None]:
+        """Backward passes of the engine's own inside: layer gradients are not recorded."""
+        self._inner += 1
+        try:
+            yield
+        finally:
+            self._inner -= 1
+
     def clear(self) -> None:
         for slot in self.slots:
             slot.clear()
-        self.model_input = None
-        self.model_output_node = None
-        self.loss_inputs = []
+        self.inputs = {}
+        self.loss_calls = []
+        self.late = []
+
+    def gradients_reset(self) -> None:
+        """``zero_grad()``: what earlier backward passes contributed is gone from ``.grad``, so
+        their calls no longer belong to the step; calls still waiting for a backward stay."""
+        for slot in self.slots:
+            slot.calls = [c for c in slot.calls if not c.reached]
+        self.loss_calls = [c for c in self.loss_calls if not c.consumed]
+        self.late = []
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
-    # ------------------------------------------------------------------------------- hooks
-    def _on_model_input(self, module, args, kwargs):
-        if self.recording and self.model_input is None:
-            cuda = []
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                cuda = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
-            self.model_input = ModelInput(args, dict(kwargs), torch.get_rng_state(), cuda)
+    # ----------------------------------------------------------------------- micro-batches
+    def micro_batches(self) -> tuple[list[MicroBatch], str | None]:
+        """The step's micro-batches in call order, or a reason why they are not defined."""
+        if self.late:
+            return [], "; ".join(self.late)
+        consumed = [c for c in self.loss_calls if c.consumed]
+        by_forward: dict[int, list[LossCall]] = {}
+        for call in consumed:
+            by_forward.setdefault(call.forward, []).append(call)
+        batches = []
+        for index, calls in by_forward.items():
+            model_input = self.inputs.get(index)
+            if len(calls) > 1 and model_input is not None:  # the loss also served another model
+                calls = [c for c in calls if _reaches(c.node, model_input.output_node)] or calls
+            if len(calls) > 1:
+                return [], (
+                    f"the loss was computed {len(calls)} times on one model call and each reached "
+                    "the backward pass: the samples of the step are ambiguous"
+                )
+            batches.append(MicroBatch(calls[0], model_input))
+        return batches, None
 
-    def _on_model_output(self, module, args, output):
-        if self.recording and self.model_output_node is None and isinstance(output, Tensor):
-            self.model_output_node = output.grad_fn
+    @property
+    def model_input(self) -> ModelInput | None:
+        """The model call of the step's only micro-batch (``None`` with zero or several)."""
+        batches, _ = self.micro_batches()
+        return batches[0].model_input if len(batches) == 1 else None
+
+    # ------------------------------------------------------------------------------- hooks
+    def _drop_stale(self) -> None:
+        """A new model call starts: calls of earlier ones that no backward pass reached are
+        dropped (validation or logging forwards)."""
+        current = self.forward_index
+        for slot in self.slots:
+            slot.calls = [c for c in slot.calls if c.reached or c.forward == current]
+        kept = []
+        for call in self.loss_calls:
+            if call.consumed or call.forward == current:
+                kept.append(call)
+            else:
+                call.stale = True
+        self.loss_calls = kept
+        used = {c.forward for c in self.loss_calls}
+        self.inputs = {i: m for i, m in self.inputs.items() if i in used or i == current}
+
+    def _on_model_input(self, module, args, kwargs):
+        if not self.recording:
+            return
+        self.forward_index += 1
+        self._drop_stale()
+        cuda = []
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            cuda = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
+        self.inputs[self.forward_index] = ModelInput(
+            args, dict(kwargs), torch.get_rng_state(), cuda, self.forward_index
+        )
+
+    def _on_model_output(self, module, args, kwargs, output):
+        if not self.recording:
+            return
+        model_input = self.inputs.get(self.forward_index)
+        if model_input is not None and isinstance(output, Tensor):
+            model_input.output_node = output.grad_fn
+        if self._sample_loss is not None:
+            prediction, target, model_loss = self._sample_loss.split(output, args, kwargs)
+            self._record_loss(prediction, target, model_loss)
 
     def _on_loss(self, module, args, output):
-        if self.recording and len(args) >= 2:
-            self.loss_inputs.append((args[0].detach(), args[1].detach(), args[0].grad_fn))
+        if self.recording and len(args) >= 2 and isinstance(output, Tensor):
+            self._record_loss(args[0], args[1], output)
 
-    def loss_call(self) -> tuple[Tensor, Tensor] | None:
-        """The recorded loss call on this step's model output (``None`` if not unique)."""
-        calls = self.loss_inputs
-        if len(calls) > 1:  # e.g. the same loss module also used for another model
-            calls = [c for c in calls if _reaches(c[2], self.model_output_node)]
-        return calls[0][:2] if len(calls) == 1 else None
+    def _record_loss(self, prediction: Tensor, target: Tensor, value: Tensor | None) -> None:
+        call = LossCall(self.forward_index, prediction.detach(), target.detach(), prediction.grad_fn)
+        self.loss_calls.append(call)
+
+        def on_value_grad(grad: Tensor) -> None:
+            if not self._inner:
+                self._consume(call, grad.detach())
+
+        def on_prediction_grad(grad: Tensor) -> None:
+            if not self._inner and call.factor is None:
+                self._consume(call, None)
+
+        if value is not None and value.requires_grad:
+            value.register_hook(on_value_grad)
+        elif prediction.requires_grad:
+            prediction.register_hook(on_prediction_grad)
+        if self._on_loss_call is not None and prediction.requires_grad:
+            self._on_loss_call(call, prediction, target)
+
+    def _consume(self, call: LossCall, factor: Tensor | None) -> None:
+        if call.stale:
+            self.late.append(
+                "a backward pass reached a model call after the next model call had started: "
+                "run each micro-batch's backward before the next forward"
+            )
+            return
+        if call.consumed:  # a second backward through the same graph (retain_graph)
+            call.problem = "the loss of one model call reached several backward passes"
+        call.consumed = True
+        call.factor = factor if call.factor is None else call.factor + factor
 
     def _layer_hook(self, slot: LayerSlot):
         def hook(module, args, kwargs, output):
             if not self.recording:
                 return
-            outputs = [t for t in _tensors(output) if t.requires_grad]
-            if not outputs:
+            outputs = _tensors(output)
+            if not any(t.requires_grad for t in outputs):
                 return
-            slot.calls += 1
-            if slot.factory is not None:
-                if not isinstance(output, Tensor):
-                    slot.factory = None  # unexpected output structure: use the generic rule
-                else:
-                    slot.inputs = args[0].detach() if args else None
-                    output.register_hook(lambda grad: setattr(slot, "grad_out", grad.detach()))
-                    return
-            slot.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-            slot.kwargs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
-            for index, tensor in enumerate(_tensors(output)):
+            call = LayerCall(self.forward_index)
+            slot.calls.append(call)
+            if slot.factory is not None and isinstance(output, Tensor) and args:
+                call.inputs = args[0].detach()
+
+                def on_grad(grad: Tensor) -> None:
+                    if not self._inner:
+                        call.grad_out = grad.detach()
+
+                output.register_hook(on_grad)
+                return
+            call.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+            call.kwargs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+            for index, tensor in enumerate(outputs):
                 if tensor.requires_grad:
-                    tensor.register_hook(_store(slot.grads, index))
+                    tensor.register_hook(self._store(call.grads, index))
 
         return hook
+
+    def _store(self, grads: dict[int, Tensor], index: int):
+        def on_grad(grad: Tensor) -> None:
+            if not self._inner:
+                grads[index] = grad.detach()
+
+        return on_grad
+
+
+def _direct_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """The module's own parameters, those of its parametrizations included (by the names
+    ``functional_call`` takes, e.g. ``parametrizations.weight.original0``)."""
+    own = list(module.named_parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        own += [
+            (f"parametrizations.{name}", p)
+            for name, p in module.parametrizations.named_parameters()
+        ]
+    return own
+
+
+def _inside_parametrization(name: str) -> bool:
+    return ".parametrizations." in f".{name}."
 
 
 def _tensors(output: Any) -> list[Tensor]:
@@ -166,13 +348,6 @@ def _tensors(output: Any) -> list[Tensor]:
     if isinstance(output, tuple | list):
         return [t for t in output if isinstance(t, Tensor)]
     return []
-
-
-def _store(grads: dict[int, Tensor], index: int):
-    def on_grad(grad: Tensor) -> None:
-        grads[index] = grad.detach()
-
-    return on_grad
 
 
 def _reaches(node: Any, target: Any, limit: int = 256) -> bool:

@@ -427,3 +427,96 @@ def rule_factory(module: nn.Module):
     if isinstance(module, nn.GroupNorm):
         return _groupnorm_rule
     return None
+
+
+class ZeroRule(LayerRule):
+    """Parameters that got no gradient at the step (a head the loss did not use): their
+    individual gradients are zero, as ``torch.optim`` treats them."""
+
+    def __init__(self, params: list[Tensor], batch: int) -> None:
+        self.params, self._batch = params, batch
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch
+
+    def _zeros(self) -> Tensor:
+        return self.params[0].new_zeros(self._batch)
+
+    def dots(self, direction: Sequence[Tensor]) -> Tensor:
+        return self._zeros()
+
+    def reduce(self, *, sq_norms, sgs, mean_dots, directions=()):
+        out = Reduction(means=[torch.zeros_like(p) for p in self.params])
+        if sq_norms:
+            out.sq_norms = [self._zeros() for _ in self.params]
+        if sgs:
+            out.sgs = [torch.zeros_like(p) for p in self.params]
+        if mean_dots:
+            out.mean_dots = self._zeros()
+        out.dots = [self._zeros() for _ in directions]
+        return out
+
+    def row_shape(self, index: int) -> tuple[int, int]:
+        return (self.params[index].numel(), 1)
+
+    def rows(self, index: int, samples: Tensor, rows: Tensor) -> Tensor:
+        return self.params[index].new_zeros(samples.numel(), 1)
+
+    def elements(self, index: int, samples: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        return self.params[index].new_zeros(samples.numel())
+
+    def materialize(self) -> list[Tensor]:
+        return [p.new_zeros(self._batch, p.numel()) for p in self.params]
+
+
+class SubsetRule(LayerRule):
+    """A layer rule restricted to some of its parameters (the others frozen or not optimized):
+    directions are padded with zeros, so inner products see the kept parameters only."""
+
+    def __init__(self, rule: LayerRule, keep: list[int]) -> None:
+        self.rule, self.keep = rule, keep
+        self.params = [rule.params[i] for i in keep]
+        self.positions = rule.positions
+
+    @property
+    def batch_size(self) -> int:
+        return self.rule.batch_size
+
+    def _padded(self, direction: Sequence[Tensor]) -> list[Tensor]:
+        full = [torch.zeros_like(p) for p in self.rule.params]
+        for i, v in zip(self.keep, direction):
+            full[i] = v
+        return full
+
+    def dots(self, direction: Sequence[Tensor]) -> Tensor:
+        return self.rule.dots(self._padded(direction))
+
+    def reduce(self, *, sq_norms, sgs, mean_dots, directions=()):
+        inner = self.rule.reduce(
+            sq_norms=sq_norms,
+            sgs=sgs,
+            mean_dots=False,
+            directions=[self._padded(v) for v in directions],
+        )
+        out = Reduction(means=[inner.means[i] for i in self.keep], dots=inner.dots)
+        if sq_norms:
+            out.sq_norms = [inner.sq_norms[i] for i in self.keep]
+        if sgs:
+            out.sgs = [inner.sgs[i] for i in self.keep]
+        if mean_dots:
+            out.mean_dots = self.dots(out.means)
+        return out
+
+    def row_shape(self, index: int) -> tuple[int, int]:
+        return self.rule.row_shape(self.keep[index])
+
+    def rows(self, index: int, samples: Tensor, rows: Tensor) -> Tensor:
+        return self.rule.rows(self.keep[index], samples, rows)
+
+    def elements(self, index: int, samples: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        return self.rule.elements(self.keep[index], samples, rows, cols)
+
+    def materialize(self) -> list[Tensor]:
+        full = self.rule.materialize()
+        return [full[i] for i in self.keep]

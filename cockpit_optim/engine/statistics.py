@@ -10,7 +10,7 @@ import random
 import torch
 from torch import Tensor, nn
 
-from ..errors import CockpitError, UnsupportedModelError, warn_reading
+from ..errors import UnsupportedModelError, warn_reading
 from .capture import Capture
 from .curvature import (
     DiagonalCurvature,
@@ -34,9 +34,8 @@ from .histograms import (
     table_rows,
 )
 from .layers import LayerRule
-from .losses import individual_losses
 from .request import HistogramRequest, Request, Statistics
-from .rules import build_rules
+from .samples import StepSamples, assemble, at_loss_call
 from .transfer import HostTransfer
 
 # Default gradient range of the histograms: +- this many RMS values of all elements g_{n,d}.
@@ -98,8 +97,16 @@ class StatisticsEngine:
         self.curvature = curvature
         self.eigen_rtol, self.eigen_max_iter = eigen_rtol, eigen_max_iter
         self.eigenvector: Tensor | None = None  # warm start of the next Lanczos run
-        self.capture = Capture(model, loss_fn, {id(p): n for n, p in named_params})
+        self.capture = Capture(
+            model,
+            loss_fn,
+            {id(p): n for n, p in named_params},
+            on_loss=lambda call, prediction, target: at_loss_call(
+                loss_fn, self.capture, self.params, call, prediction, target
+            ),
+        )
         self._rules: list[tuple[LayerRule, list[str]]] = []
+        self.samples = StepSamples()
         self._batchnorms = [
             (name, m)
             for name, m in model.named_modules()
@@ -124,17 +131,6 @@ class StatisticsEngine:
                     "approximation with MonitoredOptimizer(..., batchnorm_approximation=True)."
                 )
 
-    def _loss_inputs(self) -> tuple[Tensor, Tensor]:
-        call = self.capture.loss_call()
-        if call is None:
-            count = len(self.capture.loss_inputs)
-            raise CockpitError(
-                f"found {count} calls of loss_fn on the model's output since the last step; the "
-                "instruments need exactly one: compute the loss with the loss_fn object given to "
-                "MonitoredOptimizer, once per step, with gradients enabled."
-            )
-        return call
-
     # ------------------------------------------------------------------------ collect
     def collect(
         self, request: Request, lr: float, direction: list[Tensor] | None = None, step: int = 0
@@ -144,26 +140,33 @@ class StatisticsEngine:
         Scalars are queued on ``self.transfer`` (no host read here); ``step`` seeds the
         histogram draws, so a resumed run draws exactly as an uninterrupted one."""
         self._step = step
+        self.samples = StepSamples()
         if not (request.captures or direction is not None):
             stats = Statistics(batch_size=0, names=self.names, lr=lr, transfer=self.transfer)
         else:
             self._check_batchnorm()
-            output, target = self._loss_inputs()
-            with self.capture.suspended():
-                local = individual_losses(self.loss_fn, output, target).double()
+            with self.capture.suspended(), torch.autocast(self.params[0].device.type, enabled=False):
+                self.samples = assemble(self.loss_fn, self.capture, self.params, self.names)
+            local = self.samples.losses
+            if local is None:
+                local = torch.zeros(0, dtype=torch.float64, device=self.params[0].device)
             self.local_batch = local.numel()
             (losses,) = self.combiner.gather([local])
             stats = Statistics(
                 batch_size=losses.numel(),
                 names=self.names,
                 lr=lr,
-                losses=losses,
+                losses=losses if self.samples.loss_problem is None else None,
                 transfer=self.transfer,
             )
+            if self.samples.loss_problem is not None:
+                stats.unavailable["losses"] = self.samples.loss_problem
+            if self.samples.unused:
+                _warn_unused(self.samples.unused)
         if request.grad_norms:
             norms = torch.stack(
                 [
-                    torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64)
+                    torch.linalg.vector_norm(_grad(p), dtype=torch.float64)
                     for p in self.params
                 ]
             )
@@ -173,14 +176,13 @@ class StatisticsEngine:
         if request.first_order or request.projection or direction is not None:
             self._first_order(request, stats, direction)
         if request.diagonal or request.max_eigenvalue:
-            self._curvature(request, stats, target)
+            self._curvature(request, stats)
         return stats
 
     def _first_order(
         self, request: Request, stats: Statistics, direction: list[Tensor] | None
     ) -> None:
-        with self.capture.suspended():  # generic rules replay module calls
-            rules, problem = build_rules(self.capture.slots)
+        rules, problem = self.samples.rules, self.samples.problem
         if problem is not None:
             for key in ("sq_norms", "dots", "mean_grads", "sgs", "hist1d", "hist2d", "projection"):
                 stats.unavailable[key] = problem
@@ -333,12 +335,20 @@ class StatisticsEngine:
             self._device_generators[device] = torch.Generator(device=device)
         return self._device_generators[device].manual_seed(seed), random.Random(seed)
 
-    def _curvature(self, request: Request, stats: Statistics, target: Tensor) -> None:
-        model_input = self.capture.model_input
-        if model_input is None:
+    def _curvature(self, request: Request, stats: Statistics) -> None:
+        batches = self.samples.batches
+        problem = self.samples.problem
+        if problem is None and len(batches) != 1:
+            problem = f"curvature is computed for one model call per step, not {len(batches)}"
+        elif problem is None and not self.samples.row_samples:
+            problem = "curvature is computed for samples that are rows of the model's batch"
+        elif problem is None and batches[0].model_input is None:
+            problem = "the model's forward call was not recorded"
+        if problem is not None:
             for key in ("diagonal", "max_eigenvalue"):
-                stats.unavailable[key] = "the model's forward call was not recorded"
+                stats.unavailable[key] = problem
             return
+        model_input, target = batches[0].model_input, batches[0].loss.target
         products: list[HessianVectorProduct] = []
 
         def hvp() -> HessianVectorProduct:  # one replayed graph serves every product
@@ -436,6 +446,7 @@ class StatisticsEngine:
     def release(self) -> None:
         """Free everything recorded at this step."""
         self._rules = []
+        self.samples = StepSamples()
         self.capture.clear()
 
 
@@ -450,6 +461,19 @@ def _scalar(value: float, device: torch.device) -> Tensor:
 def _unflatten(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
     pieces = vector.split([p.numel() for p in like])
     return [piece.reshape(p.shape).to(p.dtype) for piece, p in zip(pieces, like)]
+
+
+def _grad(param: Tensor) -> Tensor:
+    """The gradient the optimizer uses (zero for a parameter without one)."""
+    return torch.zeros_like(param) if param.grad is None else param.grad.detach()
+
+
+def _warn_unused(names: list[str]) -> None:
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    warn_reading(
+        f"parameter(s) without gradient at a tracked step: {shown}; their individual gradients "
+        "count as zero (the optimizer skips them)"
+    )
 
 
 def _is_ddp(model: nn.Module) -> bool:
