@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .export.convert import add_parser as add_export_parser
+from .export.convert import run_command as export_command
 from .log import LOG_NAME
 from .plotting import animate, plot
 from .plotting.animate import GIF_DPI
@@ -66,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("summary", help="table of the newest readings and their trends")
     table.add_argument("log", metavar="LOG", help=log_help)
+    add_export_parser(commands, log_help)
     return parser
 
 
@@ -191,6 +194,9 @@ def _header(path: str, records: Sequence[dict]) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.command == "export":
+        print(export_command(args))
+        return
     records = records_from(args.log)
     if not records:
         raise ValueError(f"{args.log}: the log has no records")

@@ -80,6 +80,8 @@ class MonitoredOptimizer(Optimizer):
         process_group: under ``torch.distributed`` (e.g. ``DistributedDataParallel``), the ranks
             whose batches form the global batch (default: all).  Every reading is then computed
             over the global batch on every rank; only rank 0 writes the log and plots.
+        writers: exporters (:mod:`cockpit_optim.export`) given each complete record (rank 0 only)
+            and the live plot's drawings; closed by :meth:`close`.
 
     Passive use (no controllers) leaves the parameter trajectory and the global RNG exactly as
     with the bare optimizer.  ``readings`` is the newest complete record, ``history`` all of them.
@@ -99,6 +101,7 @@ class MonitoredOptimizer(Optimizer):
         plot_every: int | None = None,
         batchnorm_approximation: bool = False,
         process_group: Any = None,
+        writers: Sequence[Any] = (),
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
@@ -141,13 +144,14 @@ class MonitoredOptimizer(Optimizer):
             **self._curvature_options(),
         )
         self._writer = LogWriter(log_dir) if log_dir is not None and rank == 0 else None
+        self.writers = list(writers) if rank == 0 else []
         self._live_plot = None
         if plot_every is not None and rank == 0:
             if log_dir is None:
                 raise ValueError("plot_every needs a log_dir to draw cockpit.png into")
             from .plotting import LivePlot
 
-            self._live_plot = LivePlot(log_dir, every=plot_every)
+            self._live_plot = LivePlot(log_dir, every=plot_every, listeners=self.writers)
         self.history: list[dict] = []
         self.should_stop = False
         self.stop_reason: str | None = None
@@ -234,6 +238,8 @@ class MonitoredOptimizer(Optimizer):
             self._finish(record)
         if self._live_plot is not None:
             self._live_plot.close(self.history)
+        for writer in self.writers:
+            writer.close()
         self.remove_hooks()
 
     def remove_hooks(self) -> None:
@@ -534,6 +540,8 @@ class MonitoredOptimizer(Optimizer):
         self.history.append(record)
         if self._writer is not None:
             self._writer.write(record)
+        for writer in self.writers:
+            writer.write(record)
         if self._live_plot is not None:
             self._live_plot.update(self.history)
 

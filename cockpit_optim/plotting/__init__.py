@@ -3,6 +3,6 @@
 from .animate import animate
 from .cockpit import plot
 from .layerwise import plot_layerwise
-from .live import LivePlot
+from .live import LiveCockpit, LivePlot
 
-__all__ = ["LivePlot", "animate", "plot", "plot_layerwise"]
+__all__ = ["LiveCockpit", "LivePlot", "animate", "plot", "plot_layerwise"]

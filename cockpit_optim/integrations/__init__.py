@@ -1,0 +1,3 @@
+"""Integrations with training frameworks, each imported only on request:
+``cockpit_optim.integrations.lightning`` (extra ``[lightning]``) and
+``cockpit_optim.integrations.transformers`` (extra ``[transformers]``)."""
