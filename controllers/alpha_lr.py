@@ -183,7 +183,7 @@ class AlphaLR(Controller):
         above it; ``p`` is the two-sided sign-test p-value (1 for an empty comparison)."""
         above = sum(a > self.target for a in self._alphas)
         n = above + sum(a < self.target for a in self._alphas)
-        return above, n, (binomtest(above, n, 0.5).pvalue if n else 1.0)
+        return above, n, (float(binomtest(above, n, 0.5).pvalue) if n else 1.0)
 
     def observe(self, record: Mapping[str, Any], optimizer: Steerable) -> list[Action]:
         alpha = reading(record, "Alpha")
