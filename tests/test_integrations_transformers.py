@@ -265,7 +265,7 @@ def test_gpt2_with_padding_and_accumulation(tmp_path, float32):
         max_steps=3,
     )
     assert trainer.state.global_step == 3 and len(model.seen) == 6
-    _check_gpt2(model, callback.monitor.history, accumulation=2, rel=1e-4)
+    _check_gpt2(model, callback.monitor.history, accumulation=2, rel=1e-5)  # measured 6e-7
 
 
 def test_gpt2_bf16_with_clipping(tmp_path, float32):
@@ -284,7 +284,7 @@ def test_gpt2_bf16_with_clipping(tmp_path, float32):
     )
     history = callback.monitor.history
     assert [r["step"] for r in history] == [0, 1]
-    _check_gpt2(model, history, accumulation=2, rel=5e-2)
+    _check_gpt2(model, history, accumulation=2, rel=5e-2)  # the real-loop bf16 tolerance
 
 
 def test_readings_reach_report_to_mlflow(tmp_path, monkeypatch):
