@@ -1,4 +1,5 @@
-# Every target creates .venv and installs the project (with its dev extras) when needed.
+# Every target creates .venv and installs the project (with its dev, experiments and vision
+# extras) when needed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,vision]"
+	$(PY) -m pip install --quiet -e ".[dev,experiments,vision]"
 	touch $(STAMP)
 
 demo: $(STAMP)

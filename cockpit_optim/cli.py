@@ -10,31 +10,44 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import __version__
 from .export.convert import add_parser as add_export_parser
 from .export.convert import run_command as export_command
 from .log import LOG_NAME
 from .plotting import animate, plot
+from .plotting.animate import GIF_DPI
 from .plotting.gauges import controller_actions
-from .plotting.sources import records_from
+from .plotting.panels import DPI
+from .plotting.sources import latest, records_from
 
 __all__ = ["main", "summary"]
 
 SKIPPED = {"step", "Time"}  # shown in the header instead of the table
 ACTIONS_LISTED = 10
+TREND_WINDOW = 20  # newest finite readings the trend test looks at
+TREND_MIN = 8  # fewer readings: no trend is judged
+TREND_P = 0.01  # significance level of the trend test
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cockpit-optim", description="Draw, animate or summarize a cockpit log."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     log_help = f"log file or folder holding {LOG_NAME}"
 
     plot = commands.add_parser("plot", help="draw the cockpit view (PNG, PDF, SVG)")
     plot.add_argument("log", metavar="LOG", help=log_help)
-    plot.add_argument("-o", "--output", help="image to write (default: next to the log)")
+    plot.add_argument(
+        "-o",
+        "--output",
+        help="image to write (default: next to the log, cockpit_linear-steps.png, "
+        "cockpit_log-steps.png or cockpit_layerwise_step<N>.png; never the run's own pictures)",
+    )
     plot.add_argument("--layerwise", action="store_true", help="one histogram per parameter")
     plot.add_argument("--log-steps", action="store_true", help="log-spaced step axis")
+    plot.add_argument("--dpi", type=float, default=DPI, help=f"pixels per inch ({DPI})")
     plot.add_argument(
         "--last-fraction",
         type=float,
@@ -49,11 +62,27 @@ def _parser() -> argparse.ArgumentParser:
     animate.add_argument("--frames", type=int, default=30, help="number of frames (30)")
     animate.add_argument("--fps", type=float, default=4.0, help="frames per second (4)")
     animate.add_argument("--log-steps", action="store_true", help="log-spaced step axis")
+    animate.add_argument(
+        "--dpi", type=float, default=GIF_DPI, help=f"pixels per inch ({GIF_DPI:g}: 16 x 12 inches)"
+    )
 
     table = commands.add_parser("summary", help="table of the newest readings and their trends")
     table.add_argument("log", metavar="LOG", help=log_help)
     add_export_parser(commands, log_help)
     return parser
+
+
+def _name(args: argparse.Namespace, records: Sequence[dict]) -> str:
+    """Default picture name: says what it shows, and never that of a picture a run draws itself
+    (``cockpit.png``, ``cockpit_layerwise.png``)."""
+    if args.layerwise:
+        record = latest(records, "GradHist1d")
+        return (
+            f"cockpit_layerwise_step{record['step']}.png"
+            if record
+            else "cockpit_layerwise_no-histogram.png"
+        )
+    return f"cockpit_{'log' if args.log_steps else 'linear'}-steps.png"
 
 
 def _default_output(log: str, name: str) -> Path:
@@ -66,20 +95,27 @@ def _format(value: float) -> str:
 
 
 def _trend(values: Sequence[float]) -> str:
-    """Median of the newest (up to 5) finite readings against the median of as many before them:
-    relative change when both have the same sign, else the absolute change."""
-    width = min(5, len(values) // 2)
-    if width == 0:
+    """Kendall's tau of the newest (up to ``TREND_WINDOW``) finite readings against their order:
+    "up"/"down" only when its two-sided p-value is below ``TREND_P``, else "flat". The change is the
+    median of the newer half against that of the older half (relative when both have the same
+    sign, else absolute)."""
+    from scipy.stats import kendalltau  # slow to import; only summary needs it
+
+    window = list(values[-TREND_WINDOW:])
+    if len(window) < TREND_MIN:
         return "-"
-    recent = statistics.median(values[-width:])
-    before = statistics.median(values[-2 * width : -width])
+    if max(window) == min(window):
+        return "flat"
+    tau, p_value = kendalltau(range(len(window)), window)
+    if not p_value < TREND_P:
+        return f"flat (p={p_value:.2g})"
+    half = len(window) // 2
+    before, recent = statistics.median(window[:half]), statistics.median(window[-half:])
     change = recent - before
-    word = "up" if change > 0 else "down"
-    if abs(change) <= 0.05 * max(abs(recent), abs(before)):
-        word = "flat"
+    word = "up" if tau > 0 else "down"
     if before != 0 and recent * before > 0:
-        return f"{change / abs(before):+.0%} {word}"
-    return f"{change:+.3g} {word}"
+        return f"{change / abs(before):+.0%} {word} (p={p_value:.1g})"
+    return f"{change:+.3g} {word} (p={p_value:.1g})"
 
 
 def summary(records: Sequence[dict]) -> str:
@@ -117,7 +153,9 @@ def summary(records: Sequence[dict]) -> str:
 def _notes(records: Sequence[dict]) -> list[str]:
     notes = [
         "",
-        "trend: median of the newest (up to 5) finite readings vs. that of as many before them",
+        f"trend: Kendall's tau of the newest (up to {TREND_WINDOW}, at least {TREND_MIN}) finite "
+        f"readings against their order; up/down when p < {TREND_P}, with the change of the median "
+        "of their newer half against the older half",
     ]
     for key in ("GradHist1d", "GradHist2d"):
         newest = next((r for r in reversed(records) if isinstance(r.get(key), dict)), None)
@@ -166,14 +204,24 @@ def _run(args: argparse.Namespace) -> None:
         print(_header(args.log, records))
         print(summary(records))
         return
+    if args.dpi <= 0:
+        raise ValueError(f"--dpi must be positive, got {args.dpi}")
     if args.command == "plot":
-        name = "cockpit_layerwise.png" if args.layerwise else "cockpit.png"
-        output = Path(args.output) if args.output else _default_output(args.log, name)
+        output = (
+            Path(args.output) if args.output else _default_output(args.log, _name(args, records))
+        )
         options = {"last_fraction": args.last_fraction, "log_steps": args.log_steps}
-        plot(records, output, layerwise=args.layerwise, **options)
+        plot(records, output, layerwise=args.layerwise, dpi=args.dpi, **options)
     else:
         output = Path(args.output) if args.output else _default_output(args.log, "cockpit.gif")
-        animate(records, output, frames=args.frames, fps=args.fps, log_steps=args.log_steps)
+        animate(
+            records,
+            output,
+            frames=args.frames,
+            fps=args.fps,
+            dpi=args.dpi,
+            log_steps=args.log_steps,
+        )
     print(output)
 
 

@@ -3,9 +3,12 @@ inside ``step()`` at the steps a schedule selects (SPEC section 2)."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import warnings
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -17,7 +20,7 @@ from .engine.distributed import combiner_for
 from .engine.request import Request, Statistics
 from .engine.statistics import StatisticsEngine
 from .engine.transfer import Deferred, HostTransfer
-from .errors import CockpitError, ReadingWarning
+from .errors import CockpitError, ReadingWarning, UnsupportedModelError
 from .instruments import Instrument, resolve
 from .instruments.alpha import AlphaObservations, LineObservation
 from .log import LogWriter
@@ -25,6 +28,18 @@ from .losses import SampleLoss, check_loss
 from .schedules import Schedule, as_schedule
 
 __all__ = ["MonitoredOptimizer"]
+
+#: Monitors not yet closed: completed at interpreter exit (weakly held).
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_monitors() -> None:
+    for monitor in list(_OPEN):
+        try:
+            monitor.close()
+        except Exception as error:  # exit must not abort on a reading
+            warnings.warn(f"closing a MonitoredOptimizer at exit failed: {error!r}", stacklevel=1)
 
 
 def _flat_norm(tensors: Iterable[Tensor]) -> Tensor:
@@ -93,6 +108,8 @@ class MonitoredOptimizer(Optimizer):
         if isinstance(optimizer, MonitoredOptimizer):
             raise TypeError("optimizer is already a MonitoredOptimizer")
         check_loss(loss_fn)
+        self._init_optimizer_hooks()
+        self._closed = False
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
         self.controllers = list(controllers)
         self.instruments: list[Instrument] = resolve(instruments)
@@ -142,7 +159,40 @@ class MonitoredOptimizer(Optimizer):
         self._theta0: list[Tensor] | None = None
         self._pending: dict | None = None
         self._read_at = -1  # the step of the last host read
+        if self.engine.capture.replaced:
+            warnings.warn(
+                "another MonitoredOptimizer watched parameters of this model; it is detached "
+                "(call close() on a monitor you replace, or use it as a context manager)",
+                stacklevel=2,
+            )
+        _OPEN.add(self)
         self._arm()
+
+    def _init_optimizer_hooks(self) -> None:
+        """What ``Optimizer.__init__`` sets up besides the parameters (which stay the wrapped
+        optimizer's): step and state-dict hooks, and the profiled ``step``."""
+        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._patch_step_function()
+
+    def __getstate__(self):
+        raise TypeError(
+            "a MonitoredOptimizer holds hooks on its model and cannot be pickled or copied; "
+            "save opt.state_dict() with torch.save and load it into a new MonitoredOptimizer"
+        )
+
+    def __deepcopy__(self, memo):
+        self.__getstate__()
+
+    def __enter__(self) -> MonitoredOptimizer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ------------------------------------------------------------- torch.optim facade
     @property
@@ -175,7 +225,12 @@ class MonitoredOptimizer(Optimizer):
 
     def close(self) -> None:
         """End of training: complete a record still waiting for its Alpha (which then reads
-        ``nan``), draw the final live plot (if any) and detach from the model."""
+        ``nan``), draw the final live plot (if any) and detach from the model.  Safe to call
+        twice; a monitor left open is closed at interpreter exit."""
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN.discard(self)
         self.engine.transfer.read()
         if self._pending is not None:
             record, self._pending = self._pending["record"], None
@@ -261,6 +316,11 @@ class MonitoredOptimizer(Optimizer):
         it when a completed Alpha must reach controllers first), after which the instruments
         compute and records are finished.  The update is always taken, as the bare optimizer
         would take it, whatever a reading does."""
+        if self._closed:
+            raise CockpitError(
+                "step() on a closed MonitoredOptimizer: nothing was changed. Keep training with "
+                "the wrapped optimizer (opt.optimizer) or create a new MonitoredOptimizer."
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -271,6 +331,10 @@ class MonitoredOptimizer(Optimizer):
             self._theta0 = [p.detach().clone() for p in self._params]
         try:
             record, stats = self._before_update(t, tracked)
+        except UnsupportedModelError:  # a model the readings are not defined for: fix it first
+            self.engine.release()
+            self._arm()
+            raise
         except Exception as error:  # a failing gauge never stops training
             self._skip(t, error)
             record, stats, tracked = None, None, False
@@ -493,6 +557,25 @@ class MonitoredOptimizer(Optimizer):
 
     # ---------------------------------------------------------------- state dicts
     def state_dict(self) -> dict:
+        """:meth:`_state` with the state-dict hooks of ``torch.optim.Optimizer`` applied."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        state = self._state()
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, state)
+            state = state if result is None else result
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """:meth:`_load_state` with the load hooks of ``torch.optim.Optimizer`` applied."""
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            state_dict = state_dict if result is None else result
+        self._load_state(state_dict)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _state(self) -> dict:
         """The wrapped optimizer's state plus the monitor's (step, theta_0, pending Alpha data,
         private generator, Lanczos warm start, histogram draw size, history, controllers)."""
         self.engine.transfer.read()  # values still on their way (a pending Alpha's start)
@@ -509,6 +592,8 @@ class MonitoredOptimizer(Optimizer):
             "optimizer": self.optimizer.state_dict(),
             "monitor": {
                 "step": self._step,
+                "should_stop": self.should_stop,
+                "stop_reason": self.stop_reason,
                 "theta0": self._theta0,
                 "pending": pending,
                 "generator": self._generator.get_state(),
@@ -521,7 +606,7 @@ class MonitoredOptimizer(Optimizer):
             },
         }
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def _load_state(self, state_dict: dict) -> None:
         """Restore a state from :meth:`state_dict` (a plain optimizer state dict also works).
         With a ``log_dir``, records the restored run had not completed are dropped from the log so
         the continued run neither loses nor duplicates one."""
@@ -533,6 +618,8 @@ class MonitoredOptimizer(Optimizer):
         self.engine.transfer = HostTransfer()  # values queued before the restore are dropped
         self._read_at = -1
         self._step = int(monitor["step"])
+        self.should_stop = bool(monitor.get("should_stop", False))
+        self.stop_reason = monitor.get("stop_reason")
         self._theta0 = _like_params(monitor["theta0"], self._params)
         pending = monitor["pending"]
         if pending is not None:

@@ -33,14 +33,21 @@ class CABSBatchSize(Controller):
 
     where ``lr`` is the current learning rate of the first parameter group (the rate the new batch
     size will be used with).  ``loss_floor`` is a known lower bound of the loss (0 for most losses);
-    records where ``D <= loss_floor`` are skipped.  The rule assumes SGD without momentum; any
-    other optimizer gets one warning.
+    records where ``D <= loss_floor`` are skipped.  The batch size is at most the sampler's data
+    set size (``max_batch_size`` is capped at it).
+
+    The rule is derived for plain SGD.  For ``torch.optim.SGD`` with momentum ``beta`` (and
+    dampening ``d``) it uses the effective learning rate ``lr * (1 - d) / (1 - beta)``, the step
+    that heavy-ball momentum takes per unit gradient once the gradient stays constant (a
+    heuristic: CABS does not model momentum); any other optimizer uses ``lr`` as it is (again a
+    heuristic).  Both cases get one warning that says which rate is used.
 
     Args:
         sampler: the :class:`AdaptiveBatchSampler` feeding the training loop.
         factor: the constant ``c`` (1 in the paper).
         smoothing: ``s``, the EMA factor of numerator and denominator.
-        min_batch_size, max_batch_size: bounds of the batch size.
+        min_batch_size, max_batch_size: bounds of the batch size (both at most the data set
+            size of ``sampler``).
         loss_floor: subtracted from the averaged loss.
     """
 
@@ -66,22 +73,38 @@ class CABSBatchSize(Controller):
             )
         self.sampler = sampler
         self.factor, self.smoothing = float(factor), float(smoothing)
-        self.min_batch_size, self.max_batch_size = int(min_batch_size), int(max_batch_size)
+        self.max_batch_size = min(int(max_batch_size), sampler.num_samples)
+        self.min_batch_size = min(int(min_batch_size), self.max_batch_size)
         self.loss_floor = float(loss_floor)
         self.numerator: float | None = None
         self.denominator: float | None = None
         self._warned = False
 
+    @staticmethod
+    def momentum_factor(optimizer: Steerable) -> float:
+        """``(1 - d) / (1 - beta)`` of ``torch.optim.SGD`` (first parameter group), else 1."""
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if not isinstance(inner, torch.optim.SGD):
+            return 1.0
+        group = inner.param_groups[0]
+        beta, dampening = float(group.get("momentum", 0)), float(group.get("dampening", 0))
+        return (1.0 - dampening) / (1.0 - beta) if 0 < beta < 1 else 1.0
+
     def _check_optimizer(self, optimizer: Steerable) -> None:
         self._warned = True
         inner = getattr(optimizer, "optimizer", optimizer)
-        if isinstance(inner, torch.optim.SGD) and all(
-            group.get("momentum", 0) == 0 for group in inner.param_groups
-        ):
-            return
+        name = type(inner).__name__
+        if isinstance(inner, torch.optim.SGD):
+            beta = float(inner.param_groups[0].get("momentum", 0))
+            if beta == 0:
+                return
+            rate = f"the effective learning rate lr * (1 - dampening) / (1 - {beta:g})"
+            why = f"{name} with momentum={beta:g}"
+        else:
+            rate, why = "the optimizer's lr as it is", name
         warnings.warn(
-            f"CABSBatchSize assumes SGD without momentum; with {type(inner).__name__} the "
-            "batch-size rule B = lr * tr(Sigma) / L is a heuristic",
+            f"CABSBatchSize's rule B = lr * tr(Sigma) / L is derived for SGD without momentum; "
+            f"with {why} it uses {rate}, a heuristic",
             UserWarning,
             stacklevel=3,
         )
@@ -104,7 +127,8 @@ class CABSBatchSize(Controller):
         self.numerator = self._average(self.numerator, cabs * loss / lr_then)
         self.denominator = self._average(self.denominator, loss)
         excess = self.denominator - self.loss_floor
-        lr = float(optimizer.param_groups[0]["lr"])
+        momentum = self.momentum_factor(optimizer)
+        lr = float(optimizer.param_groups[0]["lr"]) * momentum
         if not excess > 0 or not lr > 0:
             return []
         target = self.factor * lr * self.numerator / excess
@@ -115,7 +139,8 @@ class CABSBatchSize(Controller):
         self.sampler.set_batch_size(new)
         why = (
             f"CABS={cabs:.4g} (lr={lr_then:.4g}, Loss={loss:.4g}): "
-            f"{self.factor:g} * lr={lr:.4g} * tr(Sigma)={self.numerator:.4g} / "
+            f"{self.factor:g} * {'effective ' if momentum != 1 else ''}lr={lr:.4g} * "
+            f"tr(Sigma)={self.numerator:.4g} / "
             f"(L={self.denominator:.4g} - floor={self.loss_floor:g}) = {target:.4g}, "
             f"bounds [{self.min_batch_size}, {self.max_batch_size}]"
         )

@@ -56,7 +56,8 @@ class GradientTestBatchSize(Controller):
         test: ``"norm"`` or ``"augmented"``.
         theta: threshold of the norm and inner-product tests (0.9 in both papers).
         nu: threshold of the orthogonality test (``tan 80 deg``).
-        max_batch_size: cap of the batch size; ``None``: the sampler's dataset size.
+        max_batch_size: cap of the batch size, at most (and by default) the sampler's data set
+            size.
         average_over: number of valid records whose estimates are averaged.
     """
 
@@ -78,7 +79,8 @@ class GradientTestBatchSize(Controller):
             raise ValueError(f"average_over must be at least 1, got {average_over}")
         self.sampler = sampler
         self.test, self.theta, self.nu = test, float(theta), float(nu)
-        self.max_batch_size = sampler.num_samples if max_batch_size is None else int(max_batch_size)
+        size = sampler.num_samples
+        self.max_batch_size = size if max_batch_size is None else min(int(max_batch_size), size)
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be positive, got {max_batch_size}")
         self.average_over = int(average_over)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
@@ -34,6 +35,12 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
     current pass) to store the position of the first batch not yet used instead.
 
     ``len(sampler)`` is the number of batches of a whole epoch at the *current* batch size.
+
+    A batch size is at most the data set size: a larger one (given here or to
+    :meth:`set_batch_size`) is capped at ``len(data_source)`` with a ``UserWarning``, so that an
+    epoch is then one batch of every sample (with ``drop_last=True`` a larger batch would never
+    be full and every epoch would be empty).  The batch-size controllers cap their own sizes, so
+    they never meet the warning.
 
     Data parallel: ``batch_size`` is the *global* batch size; with ``num_replicas`` ranks (by
     default the ``torch.distributed`` world), every rank walks the same permutation and yields its
@@ -74,14 +81,21 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
         self._pass_epoch = 0
         self._pass_starts: list[int] = []  # start of every batch yielded in the current pass
 
-    @staticmethod
-    def _checked(batch_size: int) -> int:
+    def _checked(self, batch_size: int) -> int:
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+        if batch_size > self.num_samples:
+            warnings.warn(
+                f"batch size {int(batch_size)} exceeds the {self.num_samples} samples of the "
+                f"data set; using {self.num_samples}",
+                UserWarning,
+                stacklevel=3,
+            )
+            return self.num_samples
         return int(batch_size)
 
     def set_batch_size(self, batch_size: int) -> None:
-        """Use ``batch_size`` from the next yielded batch on."""
+        """Use ``batch_size`` (at most the data set size) from the next yielded batch on."""
         self.batch_size = self._checked(batch_size)
 
     def order(self, epoch: int) -> np.ndarray:

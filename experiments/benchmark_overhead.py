@@ -12,7 +12,8 @@ Configurations:
 * ``economy`` / ``business`` / ``full``: ``MonitoredOptimizer(..., instruments=cfg, track=1)``,
 * ``untracked``: ``instruments="full"`` with ``track=10**9``; steps 0 (tracked) and 1 (which completes
   the Alpha reading of step 0) are the warm-up, so only untracked steps are timed,
-* with ``--instruments``: each instrument of ``cockpit_optim.instruments.FULL`` alone, ``track=1``,
+* with ``--instruments [NAME ...]``: each named instrument (all of ``cockpit_optim.instruments.FULL``
+  without names) alone, ``track=1``,
 * with ``--compare``: ``cockpit:economy`` / ``cockpit:business`` / ``cockpit:full``, the same
   configurations of the original Cockpit 1.0.2 (``pip install -e ".[compare]"``; see
   ``compare_cockpit.py``), timed in the same rounds; the table adds a row ``<config>: original /
@@ -31,6 +32,11 @@ Problems (batch 128, random inputs and labels, ``CrossEntropyLoss``, SGD with ``
   state; ``full`` on it may need more memory than the machine has (``benchmark_memory.py``
   measures it).
 
+With ``--ops``, one more row counts the aten operations dispatched in one tracked step (after the
+warm-up; ``torch.profiler`` on the CPU, nested calls included): a proxy, measurable on any machine,
+for the kernel launches a GPU step needs.  The first-call compile time of the fused histogram loop
+(numba; cached on disk after the first run) is printed when it ran.
+
 ``--steps`` is the minimum number of timed steps per round: a configuration whose last warm-up step
 is short runs as many steps as fill ``--min-block-seconds`` (a 1-ms plain MLP step timed three times
 would measure mostly timer and scheduler noise; ``--min-block-seconds 0`` times exactly ``--steps``).
@@ -42,6 +48,7 @@ Examples::
     python experiments/benchmark_overhead.py --problems mlp --rounds 3 --json /tmp/ratios.json
     python experiments/benchmark_overhead.py --problems mlp-large --configs economy business
     python experiments/benchmark_overhead.py --configs economy business full --compare
+    python experiments/benchmark_overhead.py --problems mlp --configs economy --instruments GradHist1d --ops
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
+from cockpit_optim.engine import fused_histogram
 from cockpit_optim.instruments import FULL
 
 LR = 0.01
@@ -216,6 +224,18 @@ def original_configs(problem: Problem, configs: Sequence[str]) -> list[str]:
     return [f"same:{c}" for c in chosen] + [f"cockpit:{c}" for c in chosen]
 
 
+def count_ops(problem: Problem, config: str, args: argparse.Namespace) -> int:
+    """aten operations dispatched in one step of ``config`` after warm-up (nested ones included)."""
+    runner = make_runner(problem, config, args.seed)
+    run_steps(runner, WARMUP_STEPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReadingWarning)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=activities) as profiler:
+            runner.step()
+    return sum(1 for event in profiler.events() if event.name.startswith("aten::"))
+
+
 def profile_step(problem: Problem, config: str, args: argparse.Namespace, top: int) -> str:
     """cProfile of one step of ``config`` after warm-up: the ``top`` functions by cumulative time."""
     runner = make_runner(problem, config, args.seed)
@@ -236,7 +256,10 @@ def profile_step(problem: Problem, config: str, args: argparse.Namespace, top: i
 
 # ------------------------------------------------------------------------------- output
 def markdown_table(
-    results: dict[str, list[Runner]], problems: Sequence[str], configs: Sequence[str]
+    results: dict[str, list[Runner]],
+    problems: Sequence[str],
+    configs: Sequence[str],
+    ops: dict[str, dict[str, int]] | None = None,
 ) -> str:
     """Rows: configurations (and speed-ups over the original, if timed); columns: problems; cells:
     median ratio to plain (n/a where a configuration was not run)."""
@@ -262,6 +285,9 @@ def markdown_table(
     for config in dict.fromkeys(k for p in problems for k in faster[p]):
         cells = [f"{faster[p][config]:.2f}x" if config in faster[p] else "n/a" for p in problems]
         lines.append(f"| {config}: original / ours | " + " | ".join(cells) + " |")
+    for config in dict.fromkeys(k for p in problems for k in (ops or {}).get(p, {})):
+        cells = [f"{ops[p][config]:,}" if config in ops.get(p, {}) else "n/a" for p in problems]
+        lines.append(f"| aten ops / step: {config} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -305,8 +331,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--instruments",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="also time each named instrument alone (no names: every instrument of FULL, slow)",
+    )
+    parser.add_argument(
+        "--ops",
         action="store_true",
-        help="also time each instrument of FULL alone (slow)",
+        help="also count the aten operations of one step per configuration (torch.profiler)",
     )
     parser.add_argument(
         "--slow-threshold",
@@ -340,8 +373,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = list(args.configs)
-    if args.instruments:
-        configs += [f"instr:{name}" for name in FULL]
+    if args.instruments is not None:
+        configs += [f"instr:{name}" for name in args.instruments or FULL]
     problems = list(args.problems)
     start = time.perf_counter()
     results: dict[str, list[Runner]] = {}
@@ -352,8 +385,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             results[name] = benchmark_problem(problem, configs + originals, args, bar)
     elapsed = time.perf_counter() - start
     rows = list(dict.fromkeys(r.name for p in problems for r in results[p][1:]))
+    ops = {}
+    if args.ops:
+        for name in problems:
+            problem = build_problem(name, args.seed)
+            ops[name] = {c: count_ops(problem, c, args) for c in ("plain", *configs)}
 
-    print(markdown_table(results, problems, rows))
+    print(markdown_table(results, problems, rows, ops))
     print()
     print(
         f"Median over {args.rounds} rounds of (config / plain) per-step time in the same round; "
@@ -368,6 +406,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     for line in notes(results, args):
         print(line)
+    if fused_histogram.compile_seconds is not None:
+        print(
+            f"Fused histogram loop: first call {fused_histogram.compile_seconds:.1f} s "
+            "(compiling, or loading numba's on-disk cache)."
+        )
 
     if args.json is not None:
         raw = {
@@ -377,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "steps": args.steps,
             "torch": torch.__version__,
             "seconds": elapsed,
+            "fused_histogram_first_call_seconds": fused_histogram.compile_seconds,
             "problems": {
                 p: {
                     "plain_seconds": results[p][0].times,
@@ -386,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "steps": {r.name: r.steps for r in results[p]},
                     "warmup_seconds": {r.name: r.warmup_seconds for r in results[p]},
                     "reading_warnings": {r.name: r.reading_warnings for r in results[p]},
+                    "aten_ops": ops.get(p, {}),
                 }
                 for p in problems
             },

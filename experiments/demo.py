@@ -27,7 +27,7 @@ def summarize(record: dict) -> list[tuple[str, str]]:
         if isinstance(value, float):
             rows.append((key, f"{value:.4g}" if math.isfinite(value) else str(value)))
         elif key in ("GradHist1d", "GradHist2d"):
-            rows.append((key, f"{value['binned']:,} of {value['population']:,} elements binned"))
+            rows.append((key, f"{value['binned']:,}/{value['population']:,} binned"))
         elif key in ("step", "batch_size", "HessMaxEV_hvps", "curvature"):
             rows.append((key, str(value)))
     return rows
@@ -65,6 +65,7 @@ def main() -> None:
         loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
+    opt.close()  # completes the last record (its Alpha waits for a next step) and detaches
 
     with torch.no_grad():
         accuracy = float((model(x).argmax(1) == y).float().mean())

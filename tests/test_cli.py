@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from models import make_problem
 from PIL import Image
 
+import cockpit_optim
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
 from cockpit_optim.cli import main
 
@@ -35,11 +38,20 @@ def log(tmp_path_factory):
     return folder
 
 
-def test_plot_writes_png_next_to_the_log(log, capsys):
+def test_plot_writes_png_next_to_the_log_and_never_over_the_runs_own(log, capsys):
+    (log / "cockpit.png").write_bytes(b"the run's own picture")
+    (log / "cockpit_layerwise.png").write_bytes(b"the run's own picture")
     assert main(["plot", str(log)]) == 0
-    assert capsys.readouterr().out.strip() == str(log / "cockpit.png")
-    with Image.open(log / "cockpit.png") as image:
+    assert capsys.readouterr().out.strip() == str(log / "cockpit_linear-steps.png")
+    with Image.open(log / "cockpit_linear-steps.png") as image:
         assert image.format == "PNG" and image.size == (1600, 1200)
+    assert main(["plot", str(log), "--log-steps", "--dpi", "50"]) == 0
+    with Image.open(log / "cockpit_log-steps.png") as image:
+        assert image.size == (800, 600)
+    assert main(["plot", str(log), "--layerwise"]) == 0
+    assert (log / "cockpit_layerwise_step4.png").exists()  # the step it shows
+    for name in ("cockpit.png", "cockpit_layerwise.png"):
+        assert (log / name).read_bytes() == b"the run's own picture"
 
 
 def test_plot_layerwise_and_log_steps_to_a_chosen_file(log, tmp_path):
@@ -53,18 +65,72 @@ def test_plot_layerwise_and_log_steps_to_a_chosen_file(log, tmp_path):
 
 def test_animate_writes_gif(log, tmp_path):
     out = tmp_path / "run.gif"
-    assert main(["animate", str(log), "-o", str(out), "--frames", "2"]) == 0
+    assert main(["animate", str(log), "-o", str(out), "--frames", "2", "--dpi", "25"]) == 0
     with Image.open(out) as image:
-        assert image.format == "GIF" and image.n_frames == 2
+        assert image.format == "GIF" and image.n_frames == 2 and image.size == (400, 300)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cockpit-optim {cockpit_optim.__version__}"
+
+
+def _table(out: str) -> dict[str, dict[str, str]]:
+    """The summary's rows by reading, cells cut at the header's column starts."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("reading"))
+    header = lines[start]
+    names = header.split()
+    starts = [header.index(name) for name in names] + [None]
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.strip():
+            break
+        cells = [line[a:b].strip() for a, b in itertools.pairwise(starts)]
+        rows[cells[0]] = dict(zip(names, cells))
+    return rows
 
 
 def test_summary_lists_newest_readings_and_trends(log, capsys):
     assert main(["summary", str(log)]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[3:] if line.strip()}
+    rows = _table(out)
     assert out.startswith(f"{log}: 5 records, steps 0 to 4")
-    assert rows["Loss"][1] == "4" and rows["Loss"][3] in ("up", "down", "flat")
+    newest = json.loads((log / "cockpit.jsonl").read_text().splitlines()[-1])
+    assert rows["Loss"]["step"] == "4" and rows["Loss"]["newest"] == f"{newest['Loss']:.4g}"
+    assert rows["Loss"]["trend"] == "-"  # 5 readings are too few to call anything a trend
     assert "GradHist1d (step 4)" in out
+
+
+def _summary_of(tmp_path, capsys, losses) -> dict[str, str]:
+    records = [{"step": 10 * i, "Loss": float(v)} for i, v in enumerate(losses)]
+    _log_file(tmp_path, "".join(json.dumps(r) + "\n" for r in records))
+    assert main(["summary", str(tmp_path)]) == 0
+    return _table(capsys.readouterr().out)["Loss"]
+
+
+def test_summary_does_not_call_noise_a_trend(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    trends = []
+    for _ in range(40):  # flat series with 30% noise: the old median rule said "+32% up"
+        trends.append(
+            _summary_of(tmp_path, capsys, 1e-4 * (1 + 0.3 * rng.normal(size=30)))["trend"]
+        )
+    called = [t for t in trends if not t.startswith("flat")]
+    assert len(called) <= 2, called  # p < 0.01: about 0.4 of 40 by chance
+
+
+def test_summary_reports_a_real_trend(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    steps = np.arange(30)
+    losses = 2.0 * np.exp(-steps / 15) * (1 + 0.1 * rng.normal(size=30))
+    trend = _summary_of(tmp_path, capsys, losses)["trend"]
+    window = losses[-20:]
+    change = np.median(window[10:]) / np.median(window[:10]) - 1
+    assert trend.startswith(f"{change:+.0%} down (p=")
+    assert _summary_of(tmp_path, capsys, losses[::-1])["trend"].split()[1] == "up"
 
 
 def test_summary_lists_controller_actions(tmp_path, capsys):
@@ -91,8 +157,7 @@ def _log_file(tmp_path, text: str):
     [
         (None, "no cockpit log"),
         ("", "has no records"),
-        ('{"step": 0, "Loss": 1.0}\nnot json\n{"step": 2}\n', "not a JSON record"),
-        ('{"step": 0}\n[1, 2]\n', "not a record"),
+        ("not json\n[1, 2]\n", "has no records"),  # malformed lines are skipped
     ],
 )
 @pytest.mark.parametrize("command", ["plot", "summary", "animate"])
@@ -109,7 +174,7 @@ def test_truncated_log_warns_and_plots(log, tmp_path, capsys):
     path = _log_file(tmp_path, text[:-30])
     assert main(["plot", str(path)]) == 0
     assert "warning: " in capsys.readouterr().err
-    assert (tmp_path / "cockpit.png").exists()
+    assert (tmp_path / "cockpit_linear-steps.png").exists()
 
 
 def test_usage_errors_exit_2(capsys):

@@ -73,7 +73,10 @@ def test_cabs_rule_with_averaging_floor_factor_and_bounds():
     assert high.observe(record(0, CABS=5000.0, Loss=2.0), sgd())[0]["to"] == 100
     assert high.observe(record(1, CABS=5000.0, Loss=2.0), sgd()) == []  # already there
     huge = CABSBatchSize(AdaptiveBatchSampler(1000, 32))
-    assert huge.observe(record(0, lr=1e-310, CABS=1e300, Loss=2.0), sgd(1.0))[0]["to"] == 2048
+    assert huge.max_batch_size == 1000  # the default 2048 capped at the data set size
+    assert huge.observe(record(0, lr=1e-310, CABS=1e300, Loss=2.0), sgd(1.0))[0]["to"] == 1000
+    tiny = CABSBatchSize(AdaptiveBatchSampler(10, 4))
+    assert (tiny.min_batch_size, tiny.max_batch_size) == (10, 10)
 
 
 def test_cabs_skips_undefined_readings_and_loss_below_floor():
@@ -90,11 +93,29 @@ def test_cabs_warns_once_unless_plain_sgd():
         warnings.simplefilter("error")
         CABSBatchSize(AdaptiveBatchSampler(100, 32)).observe(record(CABS=40.0, Loss=2.0), sgd())
     cabs = CABSBatchSize(AdaptiveBatchSampler(100, 32))
-    with pytest.warns(UserWarning, match="SGD without momentum"):
-        cabs.observe(record(0, CABS=40.0, Loss=2.0), sgd(momentum=0.9))
+    with pytest.warns(UserWarning, match="with SGD with momentum=0.9 it uses the effective"):
+        cabs.observe(record(0, CABS=4.0, Loss=2.0), sgd(momentum=0.9))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cabs.observe(record(1, CABS=40.0, Loss=2.0), sgd(momentum=0.9))
+        cabs.observe(record(1, CABS=4.0, Loss=2.0), sgd(momentum=0.9))
+    adam = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.warns(UserWarning, match="with Adam it uses the optimizer's lr as it is"):
+        CABSBatchSize(AdaptiveBatchSampler(100, 32)).observe(record(0, CABS=4.0, Loss=2.0), adam)
+
+
+def test_cabs_uses_the_effective_learning_rate_of_momentum_sgd():
+    # tr(Sigma) = CABS * L / lr = 4 * 2 / 0.1 = 80; plain SGD: B = 0.1 * 80 / 2 = 4 -> 16
+    # momentum 0.9: lr / (1 - 0.9) = 1, B = 40; with dampening 0.5: lr * 0.5 / 0.1 = 0.5, B = 20
+    for momentum, dampening, expected in [(0.0, 0.0, 16), (0.9, 0.0, 40), (0.9, 0.5, 20)]:
+        opt = torch.optim.SGD(
+            [torch.zeros(1, requires_grad=True)], lr=0.1, momentum=momentum, dampening=dampening
+        )
+        cabs = CABSBatchSize(AdaptiveBatchSampler(1000, 32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (action,) = cabs.observe(record(0, CABS=4.0, Loss=2.0), opt)
+        assert action["to"] == expected
+        assert ("effective lr=" in action["why"]) == (momentum > 0)
 
 
 # ------------------------------------------------------------------------ gradient tests
@@ -169,13 +190,14 @@ def feed(control, records, opt) -> list[list[dict]]:
 
 
 def test_alpha_lr_regular_change_and_window_reset():
-    opt, control = sgd(0.1), AlphaLR(window=3, warmup=0)
+    opt, control = sgd(0.1), AlphaLR(window=3, warmup=0, significance=1.0)
     out = feed(control, alpha_records([0.5, 0.7, 0.6]), opt)
     assert out[:2] == [[], []]
     ratio = ((1 + 0.15) / (1 + 0.6)) ** 0.5  # median 0.6, within the clip range
     (action,) = out[2]
     check_action(action, "AlphaLR", "lr", 0.1, 0.1 * ratio)
     assert "median Alpha=0.6" in action["why"]
+    assert "3 of 3 above target, sign test p=0.25 <= 1" in action["why"]  # 2 / 2^3
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * ratio)
     assert control.scale == pytest.approx(ratio)
     # the window restarts after a change: two more readings are not enough
@@ -183,7 +205,7 @@ def test_alpha_lr_regular_change_and_window_reset():
 
 
 def test_alpha_lr_dead_band_slides_the_window():
-    opt, control = sgd(0.1), AlphaLR(window=3, warmup=0)
+    opt, control = sgd(0.1), AlphaLR(window=3, warmup=0, significance=1.0)
     out = feed(control, alpha_records([0.1, 0.18, 0.15, 0.4, 0.5]), opt)
     assert out[:4] == [[], [], [], []]  # medians 0.15, then 0.18: inside target +- 0.05
     (action,) = out[4]  # window (0.15, 0.4, 0.5): median 0.4
@@ -191,18 +213,19 @@ def test_alpha_lr_dead_band_slides_the_window():
 
 
 def test_alpha_lr_clipping_of_one_change():
-    opt, control = sgd(1.0), AlphaLR(window=3, warmup=0)
+    opt, control = sgd(1.0), AlphaLR(window=3, warmup=0, significance=1.0)
     (action,) = feed(control, alpha_records([-0.9, -0.9, -0.9]), opt)[2]
     assert action["to"] == pytest.approx(1.15)  # sqrt(1.15 / 0.1) = 3.4 clipped
     (action,) = feed(control, alpha_records([-1.0, -1.5, -1.0], start=3), opt)[2]
     assert action["to"] == pytest.approx(1.15**2)  # median -1: the upper clip
-    opt, control = sgd(1.0), AlphaLR(window=3, warmup=0, max_change=(0.9, 1.15))
+    opt = sgd(1.0)
+    control = AlphaLR(window=3, warmup=0, max_change=(0.9, 1.15), significance=1.0)
     (action,) = feed(control, alpha_records([0.8, 0.8, 0.8]), opt)[2]
     assert action["to"] == pytest.approx(0.9)  # sqrt(1.15 / 1.8) = 0.80 clipped
 
 
 def test_alpha_lr_bounds_relative_to_initial_rate():
-    opt, control = sgd(1.0), AlphaLR(window=1, warmup=0, bounds=(0.5, 1.2))
+    opt, control = sgd(1.0), AlphaLR(window=1, warmup=0, bounds=(0.5, 1.2), significance=1.0)
     (first,) = control.observe(record(0, Alpha=-1.0, Loss=1.0), opt)
     assert first["to"] == pytest.approx(1.15)
     (second,) = control.observe(record(1, Alpha=-1.0, Loss=1.0), opt)
@@ -212,7 +235,8 @@ def test_alpha_lr_bounds_relative_to_initial_rate():
 
 
 def test_alpha_lr_multiplies_the_schedule_in_force_for_every_group():
-    opt, control = sgd(0.1, groups=2), AlphaLR(window=1, warmup=0, bounds=(0.5, 1.2))
+    opt = sgd(0.1, groups=2)
+    control = AlphaLR(window=1, warmup=0, bounds=(0.5, 1.2), significance=1.0)
     opt.param_groups[1]["lr"] = 0.01
     (action,) = control.observe(record(0, Alpha=-1.0, Loss=1.0), opt)
     assert action["from"] == [0.1, 0.01]
@@ -224,15 +248,11 @@ def test_alpha_lr_multiplies_the_schedule_in_force_for_every_group():
     assert action["to"] == pytest.approx([0.05 * ratio, 0.005 * ratio])
 
 
-@pytest.mark.parametrize(
-    ("readings", "reason"),
-    [({"Alpha": 1.2, "Loss": 1.0}, "Alpha=1.2 >= 1"), ({"Alpha": 0.1, "Loss": NAN}, "Loss=nan")],
-)
-def test_alpha_lr_emergency_halving(readings, reason):
+def test_alpha_lr_emergency_halving_on_a_non_finite_loss():
     opt, control = sgd(0.1), AlphaLR(warmup=100)
-    (action,) = control.observe(record(0, **readings), opt)
+    (action,) = control.observe(record(0, Alpha=0.1, Loss=NAN), opt)
     check_action(action, "AlphaLR", "lr", 0.1, 0.05)
-    assert action["why"].startswith(f"emergency: {reason}")
+    assert action["why"].startswith("emergency: Loss=nan is not finite")
 
 
 def test_alpha_lr_emergency_on_loss_blowup_and_lower_bound():
@@ -245,7 +265,7 @@ def test_alpha_lr_emergency_on_loss_blowup_and_lower_bound():
     assert control.observe(record(4, Alpha=0.0, Loss=6.0), opt) == []
     (action,) = control.observe(record(5, Alpha=0.0, Loss=60.0), opt)
     assert action["to"] == pytest.approx(0.025)  # scale 0.25: the lower bound
-    assert control.observe(record(6, Alpha=2.0, Loss=1.0), opt) == []  # cannot go lower
+    assert control.observe(record(6, Alpha=0.0, Loss=NAN), opt) == []  # cannot go lower
 
     # with averaging: E = 1, then 0.9 + 0.1 * 20 = 2.9, then 0.9 * 2.9 + 0.1 * 100 = 12.61 > 10
     opt, control = sgd(0.1), AlphaLR(warmup=100)
@@ -255,13 +275,13 @@ def test_alpha_lr_emergency_on_loss_blowup_and_lower_bound():
     assert "average 12.61" in action["why"]
 
 
-def test_alpha_lr_batch_size_change_and_warmup_reset_the_window():
-    opt, control = sgd(0.1), AlphaLR(window=3, warmup=0)
-    records = alpha_records([0.6, 0.6]) + alpha_records([0.6, 0.6, 0.6], start=2, batch_size=64)
+def test_alpha_lr_keeps_the_window_across_batch_sizes_and_waits_for_warmup():
+    opt, control = sgd(0.1), AlphaLR(window=3, warmup=0, significance=1.0)
+    records = alpha_records([0.6, 0.6]) + alpha_records([0.6, 0.6, 0.6], start=2, batch_size=17)
     out = feed(control, records, opt)
-    assert out[:4] == [[], [], [], []]
-    assert out[4][0]["step"] == 4
-    opt, control = sgd(0.1), AlphaLR(window=3, warmup=5)
+    assert out[:2] == [[], []]
+    assert out[2][0]["step"] == 2  # readings at batch sizes 32, 32 and 17 form one window
+    opt, control = sgd(0.1), AlphaLR(window=3, warmup=5, significance=1.0)
     out = feed(control, alpha_records([0.6] * 8), opt)
     assert [bool(a) for a in out] == [False] * 7 + [True]
 
@@ -332,7 +352,7 @@ def test_state_dict_round_trips_give_identical_decisions():
     alpha_input = [
         record(i, Alpha=a, Loss=1.0 / (i + 1)) for i, a in enumerate(uniform(0.3, 0.95, 60))
     ]
-    round_trip_decisions(lambda: AlphaLR(window=5, warmup=2), alpha_input, 13, sgd)
+    round_trip_decisions(lambda: AlphaLR(window=6, warmup=2), alpha_input, 13, sgd)
     early = [record(i, EarlyStopping=v) for i, v in enumerate(uniform(-0.3, 0.5, 40))]
     round_trip_decisions(
         lambda: EvidenceEarlyStopping(window=3, patience=4),
@@ -465,7 +485,7 @@ def test_resume_through_the_optimizer_state_continues_identically():
         sampler = AdaptiveBatchSampler(data, 8, drop_last=True, seed=5)
         controllers = [
             GradientTestBatchSize(sampler, theta=0.5, average_over=2),
-            AlphaLR(window=3, warmup=0),
+            AlphaLR(window=3, warmup=0, significance=1.0),
         ]
         opt = MonitoredOptimizer(
             torch.optim.SGD(model.parameters(), lr=lr),

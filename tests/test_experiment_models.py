@@ -64,8 +64,23 @@ def test_shapes_and_parameter_counts(name, info, parameters):
         assert net(torch.randn(3, *info.input_shape)).shape == (3, info.num_outputs)
 
 
-def test_3c3d_has_895210_parameters():
-    assert PARAMS_3C3D == 895_210
+def test_3c3d_parameter_count_follows_from_its_layers():
+    """DeepOBS's count, derived from the architecture: 32 -> conv 5x5 valid 28 -> pool 14 ->
+    conv 3x3 valid 12 -> pool 6 -> conv 3x3 same 6 -> pool 3, so 128 * 3 * 3 flat features."""
+    convolutions = (3 * 25 + 1) * 64 + (64 * 9 + 1) * 96 + (96 * 9 + 1) * 128
+    dense = (128 * 9 + 1) * 512 + (512 + 1) * 256 + (256 + 1) * 10
+    assert convolutions + dense == 895_210
+    net = model("3c3d", CIFAR10)
+    assert num_parameters(net) == PARAMS_3C3D == convolutions + dense
+    shapes = [tuple(m.weight.shape) for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert shapes == [
+        (64, 3, 5, 5),
+        (96, 64, 3, 3),
+        (128, 96, 3, 3),
+        (512, 1152),
+        (256, 512),
+        (10, 256),
+    ]
 
 
 def test_transformer_on_token_sequences():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import math
 import subprocess
@@ -20,7 +22,11 @@ from PIL import Image
 from cockpit_optim import MonitoredOptimizer, ReadingWarning, load_log
 from cockpit_optim.log import LogWriter
 from cockpit_optim.plotting import LivePlot, animate, plot, plot_layerwise
+from cockpit_optim.plotting.cockpit import draw_cockpit
 from cockpit_optim.plotting.gauges import ALPHA_LIMIT
+from cockpit_optim.plotting.panels import View, new_figure, smoothed
+
+animate_module = importlib.import_module("cockpit_optim.plotting.animate")
 
 PANELS = [
     "Alpha",
@@ -257,7 +263,7 @@ def test_controller_actions_and_metrics_are_shown(runs):
     performance = [
         t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
     ]
-    assert {"test accuracy", "val loss", "mini-batch loss (moving average)"} <= set(performance)
+    assert {"test accuracy", "val loss", "mini-batch loss (centred smoothing)"} <= set(performance)
 
 
 def test_sources_are_equivalent(runs, tmp_path):
@@ -436,3 +442,115 @@ def test_noise_scale_panel_appears_only_when_tracked():
     ax = by_label(plot(records))["GradientNoiseScale"]
     plotted = [value for collection in ax.collections for _, value in collection.get_offsets()]
     assert sorted(plotted) == [10.0, 20.0, 30.0, 40.0]
+
+
+def test_smoothing_is_a_centred_quadratic_fit_against_numpy():
+    values = np.random.default_rng(0).normal(size=60).cumsum()
+    h = 4
+    line = smoothed(values, half_width=h)
+    x = np.arange(60)
+    for i in range(60):
+        half = min(h, i, 59 - i)  # symmetric up to both ends
+        window = slice(i - half, i + half + 1)
+        if half == h:  # inside: the parabola through the window, at its centre
+            expected = np.polyval(np.polyfit(x[window], values[window], 2), i)
+        else:  # near the ends: the mean of the shrunken symmetric window
+            expected = values[window].mean()
+        np.testing.assert_allclose(line[i], expected, rtol=1e-9, atol=1e-9)
+    noisy = np.random.default_rng(1).normal(size=200)
+    assert smoothed(noisy).std() < 0.4 * noisy.std()  # it does smooth
+    np.testing.assert_array_equal(smoothed(values[:12]), values[:12])  # too few: as they are
+
+
+def test_smooth_line_follows_a_monotone_curve_and_noisy_trends():
+    def distance(step):  # rises fast, then flattens: a trailing mean sits below every point
+        return 10.0 * (1.0 - np.exp(-(step + 1.0) / 60.0))
+
+    records = [{"step": i, "Distance": distance(i)} for i in range(200)]
+    (line,) = by_label(plot(records))["Distance"].get_lines()
+    steps, values = line.get_data()
+    error = values / distance(steps) - 1
+    assert np.abs(error).max() < 0.05 and np.abs(error[20:-20]).max() < 0.002
+    assert (error < 0).mean() < 0.5  # not below every point
+    rng = np.random.default_rng(2)
+    loss = 2.0 - 0.005 * np.arange(200) + 0.1 * rng.normal(size=200)
+    records = [{"step": i, "Loss": v} for i, v in enumerate(loss)]
+    (line,) = by_label(plot(records))["Performance"].get_lines()
+    trend = 2.0 - 0.005 * line.get_xdata()
+    assert np.abs(line.get_ydata() - trend)[5:-5].max() < 0.1  # centred: no lag behind the trend
+
+
+def test_eval_metrics_are_markers_without_lines(runs):
+    records = load_log(runs["controlled"])
+    records[-1]["test_accuracy"] = 0.5
+    records[0]["test_accuracy"] = 0.25
+    fig = plot(records, log_steps=True)
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if line.get_label() == "test accuracy":
+                assert line.get_linestyle() == "None" and line.get_marker() == "o"
+                break
+        else:
+            continue
+        break
+    else:
+        pytest.fail("no test accuracy drawn")
+
+
+def test_linear_step_axis_labels_fit_the_narrow_gradient_test_panel():
+    records = [{"step": s, "NormTest": 1.0, "InnerTest": 0.5} for s in range(1000, 2001, 10)]
+    fig = plot(records)
+    ax = by_label(fig)["GradientTests history"]
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text()]
+    assert len(boxes) >= 2
+    assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes))  # no two labels touch
+
+
+def test_long_layer_names_do_not_overlap_their_element_count(tmp_path):
+    long = "encoder.0.self_attn.in_proj_weight_of_a_very_long_module_name"
+    layer = {"counts": [1, 2], "underflow": 0, "overflow": 0, "binned": 3, "population": 196608}
+    hist = {"edges": [-1.0, 0.0, 1.0], "counts": [1, 2], "layers": {long: layer, "b": layer}}
+    fig = plot_layerwise([{"step": 0, "GradHist1d": hist}], tmp_path / "l.png", dpi=50)
+    fig.canvas.draw()
+    ax = by_label(fig)[long]
+    heading = ax._left_title  # the Text that set_title(loc="left") drew
+    heading = heading.get_window_extent()
+    (note,) = [t for t in ax.texts if t.get_text() == "196,608 elements"]
+    assert not heading.overlaps(note.get_window_extent())
+    assert heading.x1 <= ax.get_window_extent().x1 + 1  # shrunk or shortened to the panel
+    assert ax.get_title("left").startswith("encoder.0.") and "…" in ax.get_title("left")
+    assert by_label(fig)["b"].get_title("left") == "b"
+    with Image.open(tmp_path / "l.png") as image:
+        assert image.width == 800  # 16 inches at dpi 50
+
+
+def test_animation_keeps_axis_scales_and_takes_dpi(tmp_path, monkeypatch):
+    # GradNorm spans > 100x only late: a per-frame decision would switch linear -> log
+    records = [{"step": i, "GradNorm": 1.0 if i < 10 else 1e3, "lr": 0.1} for i in range(20)]
+    scales = []
+    original = animate_module.draw_cockpit
+
+    def spy(fig, frame_records, **options):
+        original(fig, frame_records, **options)
+        scales.append(by_label(fig)["GradNorm"].get_yscale())
+
+    monkeypatch.setattr(animate_module, "draw_cockpit", spy)
+    path = animate(records, tmp_path / "a.gif", frames=4, dpi=30)
+    assert scales == ["log"] * 4
+    assert by_label(plot(records[:10]))["GradNorm"].get_yscale() == "linear"  # a lone figure
+    with Image.open(path) as image:
+        assert image.size == (16 * 30, 12 * 30) and image.n_frames == 4
+    with pytest.raises(ValueError, match="dpi"):
+        animate(records, tmp_path / "b.gif", dpi=0)
+
+
+def test_log_axis_within_one_decade_still_has_labels():
+    records = [{"step": i, "GradNorm": 2.0 + 0.01 * i} for i in range(20)]
+    view = View(0, 19, y_log=frozenset({"GradNorm"}))  # as in an early animation frame
+    fig = new_figure((16.0, 12.0))
+    draw_cockpit(fig, records, view=view)
+    fig.canvas.draw()
+    ax = by_label(fig)["GradNorm"]
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+    assert ax.get_yscale() == "log" and any(label.strip() for label in labels)

@@ -517,3 +517,23 @@ def test_gpt2_with_padding_and_accumulation_matches_per_token_references():
     record = opt.history[0]
     check_first_order(record, losses, grads, 1e-3, rtol=1e-5)
     check_histogram(record, grads)
+
+
+def test_gpt2_under_bf16_autocast_and_a_scaled_loss_matches_float32():
+    torch.set_default_dtype(torch.float32)
+    model = gpt2(seed=1)
+    opt = monitored(model, CausalLMLoss(), torch.optim.SGD(model.parameters(), lr=1e-2))
+    ids, labels = gpt2_batch(torch.Generator().manual_seed(1))
+    params = {n: p.detach().double() for n, p in model.named_parameters()}
+    opt.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=labels).loss
+    (loss * 1024.0).backward()
+    opt.step()
+    opt.close()
+    losses, grads = gpt2_reference(model.double(), params, ids, labels)
+    record = opt.history[0]
+    assert record["batch_size"] == grads.shape[0]
+    for key in ("Loss", "NormTest", "InnerTest", "OrthoTest", "CABS"):
+        expected = ref.first_order(losses, grads, 1e-2)[key]
+        close(record[key], expected, rtol=0.05, atol=1e-3)  # bf16: about 3 significant digits

@@ -115,3 +115,16 @@ def test_ranks_share_each_global_batch():
         assert all(len(share) in (len(whole) // 3, len(whole) // 3 + 1) for share in shares)
     with pytest.raises(ValueError, match="rank"):
         AdaptiveBatchSampler(20, 6, num_replicas=2, rank=2)
+
+
+def test_batch_larger_than_the_data_is_capped_at_the_data_set_size():
+    # with drop_last=True a batch of 12 from 10 samples would never be full: every epoch empty
+    with pytest.warns(UserWarning, match="batch size 12 exceeds the 10 samples"):
+        sampler = AdaptiveBatchSampler(dataset(10), 12, shuffle=False, drop_last=True)
+    assert sampler.batch_size == 10 and len(sampler) == 1
+    epochs = [[indices(b) for b in DataLoader(dataset(10), batch_sampler=sampler)] for _ in "ab"]
+    assert epochs == [[list(range(10))]] * 2
+    sampler.set_batch_size(4)
+    with pytest.warns(UserWarning, match="batch size 1000 exceeds"):
+        sampler.set_batch_size(1000)
+    assert sampler.batch_size == 10 and [len(b) for b in sampler] == [10]

@@ -11,6 +11,7 @@ change a reading nor hold memory.  Unarmed, every hook returns at once.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,12 +100,49 @@ class MicroBatch:
     model_input: ModelInput | None
 
 
+#: Engine passes (replays) in progress, in any capture: no capture records them.
+_REPLAYS = [0]
+#: The captures watching each module (weakly: a forgotten monitor leaves nothing behind).
+_WATCHERS: weakref.WeakKeyDictionary[nn.Module, list[weakref.ref]] = weakref.WeakKeyDictionary()
+
+
+class _Hook:
+    """A hook that holds its capture weakly and acts only for the module it was registered on:
+    a copy of the model (``copy.deepcopy``, pickling) gets an inert hook."""
+
+    def __init__(self, capture: Capture, module: nn.Module, method: Callable) -> None:
+        self._capture, self._module = weakref.ref(capture), weakref.ref(module)
+        self._method = method.__name__
+        self._args: tuple = ()
+
+    def __call__(self, module, *args):
+        capture = self._capture()
+        if capture is None or module is not self._module():
+            return None
+        return getattr(capture, self._method)(module, *self._args, *args)
+
+    def __deepcopy__(self, memo) -> _Inert:
+        return _Inert()
+
+    def __reduce__(self):
+        return (_Inert, ())
+
+
+class _Inert:
+    def __call__(self, *args):
+        return None
+
+
 class Capture:
     """Registers the hooks on ``model`` and ``loss_fn``; ``armed`` switches recording on.
 
-    ``sample_loss`` (a :class:`~cockpit_optim.losses.SampleLoss`) replaces the loss-module hook
-    for models that compute their loss inside ``forward``.  ``on_loss`` is called with each new
-    :class:`LossCall` and the prediction still attached to its graph.
+    For a model that computes its loss inside ``forward``, ``loss_fn`` is a
+    :class:`~cockpit_optim.losses.SampleLoss` and replaces the loss-module hook.  ``on_loss`` is
+    called with each new :class:`LossCall` and the prediction still attached to its graph.
+
+    A capture on parameters that another live capture watches detaches that one (with
+    ``replaced`` telling the caller); hooks hold the capture weakly and are removed when it
+    is garbage-collected.
     """
 
     def __init__(
@@ -113,6 +151,7 @@ class Capture:
         loss_fn: Any,
         monitored: dict[int, str],
         on_loss: Callable[[LossCall, Tensor, Tensor], None] | None = None,
+        params: list[Tensor] = (),
     ) -> None:
         self.armed = False
         self._suspended = 0
@@ -124,12 +163,17 @@ class Capture:
         self.inputs: dict[int, ModelInput] = {}
         self.loss_calls: list[LossCall] = []
         self.late: list[str] = []  # backward passes that came after their calls were dropped
+        self.monitored = set(monitored)
+        self._params = list(params)
+        self.replaced = self._replace_watchers(model)
         self._handles = [
-            model.register_forward_pre_hook(self._on_model_input, with_kwargs=True),
-            model.register_forward_hook(self._on_model_output, with_kwargs=True),
+            model.register_forward_pre_hook(
+                _Hook(self, model, self._on_model_input), with_kwargs=True
+            ),
+            model.register_forward_hook(_Hook(self, model, self._on_model_output), with_kwargs=True),
         ]
         if self._sample_loss is None:
-            self._handles.append(loss_fn.register_forward_hook(self._on_loss))
+            self._handles.append(loss_fn.register_forward_hook(_Hook(self, loss_fn, self._on_loss)))
         for module_name, module in model.named_modules():
             if _inside_parametrization(module_name):
                 continue
@@ -143,22 +187,41 @@ class Capture:
             factory = None if parametrize.is_parametrized(module) else rule_factory(module)
             slot = LayerSlot(module_name, module, names, [n for n, _ in direct], factory)
             self.slots.append(slot)
-            self._handles.append(
-                module.register_forward_hook(self._layer_hook(slot), with_kwargs=True)
-            )
+            hook = _Hook(self, module, self._on_layer)
+            hook._args = (slot,)
+            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        _WATCHERS.setdefault(model, []).append(weakref.ref(self))
+        weakref.finalize(self, _remove_handles, list(self._handles))
+
+    def _replace_watchers(self, model: nn.Module) -> int:
+        """Detach live captures on this model that watch some of the same parameters."""
+        alive = [r for r in _WATCHERS.get(model, []) if r() is not None]
+        replaced = 0
+        for ref in alive:
+            other = ref()
+            if other.monitored & self.monitored:
+                other.remove()
+                replaced += 1
+        if model in _WATCHERS:
+            _WATCHERS[model] = [r for r in alive if r() is not None and r()._handles]
+        return replaced
 
     @property
     def recording(self) -> bool:
-        return self.armed and not self._suspended and torch.is_grad_enabled()
+        return (
+            self.armed and not self._suspended and not _REPLAYS[0] and torch.is_grad_enabled()
+        )
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
-        """Forward/backward passes inside (replays, evaluations) are not recorded."""
+        """Forward/backward passes inside (replays, evaluations) are recorded by no capture."""
         self._suspended += 1
+        _REPLAYS[0] += 1
         try:
             yield
         finally:
             self._suspended -= 1
+            _REPLAYS[0] -= 1
 
     @contextlib.contextmanager
     def inner_backward(self) -> Iterator[None]:
@@ -185,9 +248,10 @@ class Capture:
         self.late = []
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        _remove_handles(self._handles)
         self._handles = []
+        self.armed = False
+        self.clear()
 
     # ----------------------------------------------------------------------- micro-batches
     def micro_batches(self) -> tuple[list[MicroBatch], str | None]:
@@ -238,6 +302,8 @@ class Capture:
         if not self.recording:
             return
         self.forward_index += 1
+        if self._params and all(p.grad is None for p in self._params):
+            self.gradients_reset()  # zero_grad() of another optimizer, or model.zero_grad()
         self._drop_stale()
         cuda = []
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -291,31 +357,28 @@ class Capture:
         call.consumed = True
         call.factor = factor if call.factor is None else call.factor + factor
 
-    def _layer_hook(self, slot: LayerSlot):
-        def hook(module, args, kwargs, output):
-            if not self.recording:
-                return
-            outputs = _tensors(output)
-            if not any(t.requires_grad for t in outputs):
-                return
-            call = LayerCall(self.forward_index)
-            slot.calls.append(call)
-            if slot.factory is not None and isinstance(output, Tensor) and args:
-                call.inputs = args[0].detach()
+    def _on_layer(self, module, slot: LayerSlot, args, kwargs, output):
+        if not self.recording:
+            return
+        outputs = _tensors(output)
+        if not any(t.requires_grad for t in outputs):
+            return
+        call = LayerCall(self.forward_index)
+        slot.calls.append(call)
+        if slot.factory is not None and isinstance(output, Tensor) and args:
+            call.inputs = args[0].detach()
 
-                def on_grad(grad: Tensor) -> None:
-                    if not self._inner:
-                        call.grad_out = grad.detach()
+            def on_grad(grad: Tensor) -> None:
+                if not self._inner:
+                    call.grad_out = grad.detach()
 
-                output.register_hook(on_grad)
-                return
-            call.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-            call.kwargs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
-            for index, tensor in enumerate(outputs):
-                if tensor.requires_grad:
-                    tensor.register_hook(self._store(call.grads, index))
-
-        return hook
+            output.register_hook(on_grad)
+            return
+        call.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        call.kwargs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+        for index, tensor in enumerate(outputs):
+            if tensor.requires_grad:
+                tensor.register_hook(self._store(call.grads, index))
 
     def _store(self, grads: dict[int, Tensor], index: int):
         def on_grad(grad: Tensor) -> None:
@@ -323,6 +386,11 @@ class Capture:
                 grads[index] = grad.detach()
 
         return on_grad
+
+
+def _remove_handles(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 def _direct_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:

@@ -25,6 +25,7 @@ from .ggn import ggn_diagonal
 from .ggn import supports as ggn_supports
 from .histograms import (
     Bounds,
+    bin_edges,
     counts_1d,
     counts_2d,
     draw_elements,
@@ -104,6 +105,7 @@ class StatisticsEngine:
             on_loss=lambda call, prediction, target: at_loss_call(
                 loss_fn, self.capture, self.params, call, prediction, target
             ),
+            params=self.params,
         )
         self._rules: list[tuple[LayerRule, list[str]]] = []
         self.samples = StepSamples()
@@ -270,9 +272,7 @@ class StatisticsEngine:
             None if budget is None or population <= budget else min(budget, self.histogram_draws)
         )
         generator, rounding = self._draw_streams()
-        sample = draw_elements(
-            rules, draws, generator, rounding, request.hist2d is not None, population
-        )
+        sample = draw_elements(rules, draws, rounding, request.hist2d is not None, population)
         device = generator.device
         sq_total = stats.reduce("sq_norms_sum")
         rms = torch.sqrt(sq_total / population) if population else torch.zeros((), device=device)
@@ -287,8 +287,9 @@ class StatisticsEngine:
         spec1 = request.hist1d or HistogramRequest(100, None, budget)
         bins = int(spec1.bins)
         bounds = grad_range(spec1)
-        (table,) = self.combiner.sum([counts_1d(sample, *bounds, bins)])
-        names = list(sample.values)
+        grad_edges = bin_edges(*bounds, bins)
+        (table,) = self.combiner.sum([counts_1d(sample, grad_edges)])
+        names = list(sample.shares)
         subsampled = draws is not None
 
         def record(flat: list[float], edges: list[float]) -> dict:
@@ -297,9 +298,9 @@ class StatisticsEngine:
                 drawn = sum(row[-1] for row in rows)
                 needed = math.ceil(drawn * (expected_l1(rows, bins) / TARGET_L1) ** 2)
                 self.histogram_draws = max(MIN_DRAWS, math.ceil(1.05 * needed))
-            return record_1d(rows, names, [populations[n] for n in names], *edges, bins)
+            return record_1d(rows, names, [populations[n] for n in names], edges, bins)
 
-        histogram = self.transfer.defer(table, torch.stack(bounds), convert=record)
+        histogram = self.transfer.defer(table, grad_edges, convert=record)
         if request.hist1d is not None:
             stats.hist1d = histogram
         if request.hist2d is not None:
@@ -315,13 +316,12 @@ class StatisticsEngine:
             p_high = torch.where(degenerate, p_high + 0.5, p_high)
             bins2 = tuple(spec.bins)
             g_bounds = grad_range(spec)
-            (counts,) = self.combiner.sum([counts_2d(sample, (p_low, p_high), g_bounds, bins2)])
+            all_edges = [bin_edges(p_low, p_high, bins2[0]), bin_edges(*g_bounds, bins2[1])]
+            (counts,) = self.combiner.sum([counts_2d(sample, *all_edges)])
             stats.hist2d = self.transfer.defer(
                 counts,
-                torch.stack([p_low, p_high, *g_bounds]),
-                convert=lambda flat, ranges: record_2d(
-                    flat, population, tuple(ranges[:2]), tuple(ranges[2:]), bins2
-                ),
+                torch.cat(all_edges),
+                convert=lambda flat, edges: record_2d(flat, population, edges, bins2),
             )
 
     def _draw_streams(self) -> tuple[torch.Generator, random.Random]:
@@ -337,7 +337,7 @@ class StatisticsEngine:
 
     def _curvature(self, request: Request, stats: Statistics) -> None:
         batches = self.samples.batches
-        problem = self.samples.problem
+        problem = self.samples.loss_problem
         if problem is None and len(batches) != 1:
             problem = f"curvature is computed for one model call per step, not {len(batches)}"
         elif problem is None and not self.samples.row_samples:

@@ -3,12 +3,16 @@ and the training loop.  Importing registers nothing with Hydra; ``experiments/tr
 :func:`register_configs`.
 
 >>> from cockpit_optim.experiment import build_model, load_data
+
+Needs the ``experiments`` extra (Hydra, scikit-learn, tqdm): ``pip install "cockpit-optim[experiments]"``.
 """
 
-from .config import ConfigError, TrainConfig, instrument_names, register_configs, validate
+from . import extra  # noqa: F401  (first: an ImportError that names the missing extra)
+from .config import ConfigError, TrainConfig, register_configs
 from .data import Data, DataInfo, DataNotFoundError, load_data
 from .models import build_model, num_parameters
 from .trainer import Trainer, evaluate, train
+from .validation import instrument_names, validate
 
 __all__ = [
     "ConfigError",

@@ -3,28 +3,19 @@
 The YAML files in ``conf/`` extend these schemas, so a misspelt key, a wrong type or an enum
 value outside its choices fails when Hydra composes the config.  :func:`register_configs` stores
 the schemas in Hydra's ``ConfigStore`` (group ``schema/<group>``); importing this module registers
-nothing.  :func:`validate` checks what a schema cannot (names, instrument lists, value ranges).
+nothing; :mod:`.validation` checks what a schema cannot.  The optimizer and controller schemas name their class in ``_target_`` (Hydra's
+convention), so no table maps names to classes.  This module imports no other module of the
+experiment package (they import it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
-import torch
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
 
-from ..instruments import CONFIGURATIONS, REGISTRY
-
-__all__ = [
-    "SCHEMAS",
-    "ConfigError",
-    "TrainConfig",
-    "instrument_names",
-    "register_configs",
-    "validate",
-]
+__all__ = ["SCHEMAS", "ConfigError", "TrainConfig", "register_configs"]
 
 
 class ConfigError(ValueError):
@@ -125,6 +116,26 @@ class TorchvisionConfig(DataConfig):
     batch_size: int = 128
 
 
+@dataclass
+class MNISTConfig(TorchvisionConfig):
+    name: str = "mnist"
+
+
+@dataclass
+class FashionMNISTConfig(TorchvisionConfig):
+    name: str = "fashion_mnist"
+
+
+@dataclass
+class CIFAR10Config(TorchvisionConfig):
+    name: str = "cifar10"
+
+
+@dataclass
+class CIFAR100Config(TorchvisionConfig):
+    name: str = "cifar100"
+
+
 # ---------------------------------------------------------------------------------- models
 @dataclass
 class ModelConfig:
@@ -189,7 +200,10 @@ class TransformerConfig(ModelConfig):
 # ------------------------------------------------------------------------------ optimizers
 @dataclass
 class OptimizerConfig:
+    """A ``torch.optim`` class (``_target_``) and its keyword arguments (the other fields)."""
+
     name: str = MISSING
+    _target_: str = MISSING
     lr: float = 0.1
     weight_decay: float = 0.0
 
@@ -197,11 +211,13 @@ class OptimizerConfig:
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"
+    _target_: str = "torch.optim.SGD"
 
 
 @dataclass
 class MomentumConfig(OptimizerConfig):
     name: str = "momentum"
+    _target_: str = "torch.optim.SGD"
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -210,6 +226,7 @@ class MomentumConfig(OptimizerConfig):
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: str = "adam"
+    _target_: str = "torch.optim.Adam"
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -218,6 +235,7 @@ class AdamConfig(OptimizerConfig):
 @dataclass
 class AdamWConfig(AdamConfig):
     name: str = "adamw"
+    _target_: str = "torch.optim.AdamW"
     weight_decay: float = 0.01
 
 
@@ -243,17 +261,22 @@ class CockpitConfig:
 # ----------------------------------------------------------------------------- controllers
 @dataclass
 class ControllerConfig:
+    """A controller class (``_target_``; none for ``null``) and its keyword arguments."""
+
     name: str = MISSING
+    _target_: str | None = MISSING
 
 
 @dataclass
 class NoControllerConfig(ControllerConfig):
     name: str = "none"
+    _target_: str | None = None
 
 
 @dataclass
 class CABSConfig(ControllerConfig):
     name: str = "cabs"
+    _target_: str | None = "cockpit_optim.controllers.CABSBatchSize"
     factor: float = 1.0
     smoothing: float = 0.95
     min_batch_size: int = 16
@@ -264,6 +287,7 @@ class CABSConfig(ControllerConfig):
 @dataclass
 class GradientTestConfig(ControllerConfig):
     name: str = "gradient_test"
+    _target_: str | None = "cockpit_optim.controllers.GradientTestBatchSize"
     test: GradientTest = GradientTest.norm
     theta: float = 0.9
     nu: float | None = None  # None: tan(80 deg)
@@ -274,12 +298,15 @@ class GradientTestConfig(ControllerConfig):
 @dataclass
 class AlphaLRConfig(ControllerConfig):
     name: str = "alpha_lr"
+    _target_: str | None = "cockpit_optim.controllers.AlphaLR"
     target: float = 0.15
     window: int = 20
     dead_band: float = 0.05
+    significance: float = 0.05  # largest sign-test p-value of a regular change
     max_change: list[float] = field(default_factory=lambda: [0.5, 1.15])
     bounds: list[float] = field(default_factory=lambda: [0.01, 10.0])
     warmup: int = 20
+    overshoots: list[int] = field(default_factory=lambda: [3, 10])  # emergency: 3 of 10 >= 1
     blowup: float = 10.0
     loss_smoothing: float = 0.9
 
@@ -287,6 +314,7 @@ class AlphaLRConfig(ControllerConfig):
 @dataclass
 class EarlyStoppingConfig(ControllerConfig):
     name: str = "early_stopping"
+    _target_: str | None = "cockpit_optim.controllers.EvidenceEarlyStopping"
     window: int = 10
     patience: int = 10
     min_steps: int = 0
@@ -326,10 +354,16 @@ def _by_name(*schemas: type) -> dict[str, type]:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {
-        **_by_name(DigitsConfig, NoisyQuadraticConfig, SyntheticConfig, SequenceConfig),
-        "torchvision": TorchvisionConfig,  # mnist, fashion_mnist, cifar10, cifar100
-    },
+    "data": _by_name(
+        DigitsConfig,
+        NoisyQuadraticConfig,
+        SyntheticConfig,
+        SequenceConfig,
+        MNISTConfig,
+        FashionMNISTConfig,
+        CIFAR10Config,
+        CIFAR100Config,
+    ),
     "model": _by_name(
         MLPConfig, LogRegConfig, C3D3Config, DigitsCNNConfig, AllCNNCConfig, TransformerConfig
     ),
@@ -352,85 +386,3 @@ def register_configs() -> None:
     for group, schemas in SCHEMAS.items():
         for name, schema in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=schema)
-
-
-# ------------------------------------------------------------------------------ validation
-def _choices(names) -> str:
-    return ", ".join(sorted(names))
-
-
-def instrument_names(entries: list[str]) -> list[str]:
-    """Expand configuration names (economy, business, full) among instrument names, keeping the
-    order and dropping repeats; unknown names raise :class:`ConfigError` listing the valid ones."""
-    names: list[str] = []
-    for entry in entries:
-        if entry in CONFIGURATIONS:
-            expanded = list(CONFIGURATIONS[entry])
-        elif entry in REGISTRY:
-            expanded = [entry]
-        else:
-            raise ConfigError(
-                f"unknown instrument {entry!r} in cockpit.instruments; valid configurations: "
-                f"{_choices(CONFIGURATIONS)}; valid instruments: {_choices(REGISTRY)}"
-            )
-        names += [name for name in expanded if name not in names]
-    return names
-
-
-def _check_name(cfg: Any, group: str, names) -> None:
-    if cfg[group].name not in names:
-        raise ConfigError(
-            f"unknown {group} {cfg[group].name!r} ({group}.name); valid choices: {_choices(names)}"
-        )
-
-
-# integer settings that must be positive; those marked True may also be null
-POSITIVE = {
-    "trainer.steps": True,
-    "trainer.epochs": True,
-    "trainer.eval_every": False,
-    "trainer.eval_samples": True,
-    "trainer.checkpoint_every": True,
-    "trainer.threads": True,
-    "data.batch_size": False,
-    "data.eval_batch_size": False,
-    "data.train_subset": True,
-    "cockpit.track.interval": False,
-    "cockpit.track.points": False,
-    "cockpit.plot_every": True,
-}
-
-
-def validate(cfg: DictConfig | TrainConfig) -> None:
-    """Check the names, the instrument list and the trainer settings of a composed config;
-    raises :class:`ConfigError` with the valid choices."""
-    from .data import DATASETS
-    from .models import MODELS
-    from .trainer import CONTROLLERS, OPTIMIZERS
-
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.structured(cfg)
-    _check_name(cfg, "data", DATASETS)
-    _check_name(cfg, "model", MODELS)
-    _check_name(cfg, "optimizer", OPTIMIZERS)
-    _check_name(cfg, "controller", CONTROLLERS)
-    instrument_names(list(cfg.cockpit.instruments))
-    trainer = cfg.trainer
-    if (trainer.steps is None) == (trainer.epochs is None):
-        raise ConfigError(
-            "set exactly one of trainer.steps and trainer.epochs "
-            f"(got steps={trainer.steps}, epochs={trainer.epochs}); e.g. trainer.epochs=5 "
-            "trainer.steps=null"
-        )
-    for key, optional in POSITIVE.items():
-        value = OmegaConf.select(cfg, key)
-        if not (value is None and optional) and (value is None or value < 1):
-            raise ConfigError(f"{key} must be a positive integer, got {value}")
-    if trainer.device != "auto":
-        try:
-            torch.device(trainer.device)
-        except RuntimeError as error:
-            raise ConfigError(
-                f"trainer.device={trainer.device!r} is not a device; use auto, cpu, cuda, "
-                "cuda:N or mps"
-            ) from error

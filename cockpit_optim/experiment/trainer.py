@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,25 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from .. import MonitoredOptimizer, load_log, plot, plot_layerwise, schedules
-from ..cli import summary as readings_table
-from ..controllers import (
-    DEFAULT_NU,
-    AdaptiveBatchSampler,
-    AlphaLR,
-    CABSBatchSize,
-    EvidenceEarlyStopping,
-    GradientTestBatchSize,
-)
-from .config import ConfigError, instrument_names, validate
+from .. import MonitoredOptimizer, plot, plot_layerwise, schedules
+from ..cli import main as cockpit_cli
+from ..controllers import DEFAULT_NU, AdaptiveBatchSampler
+from .config import ConfigError
 from .data import Data, load_data
 from .distributed import join, leave, wrap
 from .models import build_model, num_parameters
+from .runs import load_checkpoint, save_atomically
+from .validation import instrument_names, validate
 
 __all__ = [
     "CHECKPOINT",
-    "CONTROLLERS",
-    "OPTIMIZERS",
     "SUMMARY",
     "Evaluator",
     "Trainer",
@@ -53,43 +47,45 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+LOG_NAME = "cockpit.jsonl"  # where MonitoredOptimizer(log_dir=run_dir) writes
 SUMMARY = "summary.json"
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "momentum": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
-CONTROLLERS: dict[str, type | None] = {
-    "none": None,
-    "cabs": CABSBatchSize,
-    "gradient_test": GradientTestBatchSize,
-    "alpha_lr": AlphaLR,
-    "early_stopping": EvidenceEarlyStopping,
-}
 
-
-def _options(cfg: Any) -> dict[str, Any]:
-    """The fields of a group config but ``name`` as keyword arguments (lists become tuples)."""
+def _target(cfg: Any) -> tuple[type | None, dict[str, Any]]:
+    """The class a group config names in ``_target_`` (located by Hydra) and its other fields
+    but ``name`` as keyword arguments (lists become tuples)."""
     options = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     options.pop("name")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    target = options.pop("_target_")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    if target is None:
+        return None, options
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target), options
+    except ImportError as error:
+        raise ConfigError(f"_target_={target!r} is not a class: {error}") from None
 
 
 def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
     """The ``torch.optim`` optimizer of an ``optimizer`` config (its fields are the keywords)."""
-    return OPTIMIZERS[cfg.name](params, **_options(cfg))
+    cls, options = _target(cfg)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"optimizer._target_ must name a torch.optim.Optimizer, got {cls}")
+    return cls(params, **options)
 
 
 def build_controllers(cfg: Any, sampler: AdaptiveBatchSampler) -> list:
     """The controllers of a ``controller`` config (its fields are the keywords); batch-size
-    controllers drive ``sampler``, their batch sizes capped at the training set size."""
-    cls = CONTROLLERS[cfg.name]
+    controllers (those with a ``max_batch_size``) drive ``sampler``, their batch sizes capped at
+    the training set size."""
+    cls, options = _target(cfg)
     if cls is None:
         return []
-    options = _options(cfg)
-    if cls in (CABSBatchSize, GradientTestBatchSize):
+    if not callable(getattr(cls, "observe", None)):
+        raise ConfigError(f"controller._target_ must name a controller class, got {cls}")
+    if "max_batch_size" in options:
         size = sampler.num_samples
         options["max_batch_size"] = min(options["max_batch_size"] or size, size)
         if "min_batch_size" in options:
@@ -175,7 +171,12 @@ class _Before:
 
 
 class Trainer:
-    """One training run in ``run_dir`` (``cockpit.jsonl``, ``checkpoint.pt``, PNGs, ``summary.json``)."""
+    """One training run in ``run_dir`` (``cockpit.jsonl``, ``checkpoint.pt``, PNGs, ``summary.json``).
+
+    With ``trainer.resume`` and a checkpoint in ``run_dir`` it continues that run (only trainer
+    settings may differ from the checkpoint's config); otherwise the run starts over and replaces
+    the folder's log and checkpoint (saying so when there were any).
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         validate(cfg)
@@ -224,8 +225,11 @@ class Trainer:
         else:
             if trainer.resume:
                 print(f"no {CHECKPOINT} in {self.run_dir}: starting a fresh run")
-            for stale in (self.run_dir / "cockpit.jsonl", self.run_dir / CHECKPOINT):
-                stale.unlink(missing_ok=True)
+            stale = [self.run_dir / name for name in (LOG_NAME, CHECKPOINT)]
+            if any(path.exists() for path in stale):  # the folder is this run's: start over
+                print(f"a fresh run in {self.run_dir} replaces its {LOG_NAME} and {CHECKPOINT}")
+            for path in stale:
+                path.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------- set-up
     def _open_ended(self, schedule: schedules.Schedule) -> schedules.Schedule:
@@ -270,13 +274,17 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         }
-        path = self.run_dir / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        try:
+            save_atomically(state, self.run_dir / CHECKPOINT)
+        except OSError as error:  # e.g. a full disk: the previous checkpoint stays valid
+            warnings.warn(
+                f"cannot write {CHECKPOINT} in {self.run_dir} ({error}); training continues and "
+                "the previous checkpoint stays",
+                stacklevel=2,
+            )
 
     def _restore(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+        state = load_checkpoint(self.run_dir / CHECKPOINT)
         saved, current = state["config"], self._config()
         changed = [g for g in current if g != "trainer" and saved.get(g) != current[g]]
         if changed:
@@ -355,7 +363,7 @@ class Trainer:
     def finish(self) -> dict:
         """Draw the cockpit pictures and write ``summary.json``; returns the summary."""
         history = self.optimizer.history
-        files = {"log": "cockpit.jsonl", "checkpoint": CHECKPOINT}
+        files = {"log": LOG_NAME, "checkpoint": CHECKPOINT}
         if history and self.launch.main:
             plot(history, self.run_dir / "cockpit.png", log_steps=self.log_steps)
             files["cockpit"] = "cockpit.png"
@@ -398,8 +406,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         return summary
     final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
     print(f"\n{summary['steps']} steps in {summary['wall_time_s']:.1f} s; final {final}")
-    records = load_log(trainer.run_dir) if summary["records"] else []
-    if records:
-        print(readings_table(records))
+    if summary["records"]:
+        cockpit_cli(["summary", str(trainer.run_dir)])  # what `cockpit-optim summary RUN` prints
     print(f"\nrun folder: {trainer.run_dir} ({', '.join(summary['files'].values())}, {SUMMARY})")
     return summary

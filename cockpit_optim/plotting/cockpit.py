@@ -21,6 +21,7 @@ from .gauges import (
 from .layerwise import plot_layerwise
 from .panels import (
     COLORS,
+    DPI,
     GRADIENT_ELEMENT,
     MUTED,
     STEP_CMAP,
@@ -212,6 +213,7 @@ def plot(
     layerwise: bool = False,
     last_fraction: float = 0.1,
     log_steps: bool = False,
+    dpi: float = DPI,
 ) -> Figure:
     """Draw the cockpit view of ``source`` and return the ``Figure`` (also written to ``path``).
 
@@ -222,6 +224,7 @@ def plot(
         layerwise: draw the layer-wise view (one gradient histogram per parameter) instead.
         last_fraction: the newest fraction of Alpha readings shown as a second histogram.
         log_steps: log-spaced step axis for all time series.
+        dpi: pixels per inch of the written image (the figure is 16 x 12 inches).
 
     Each instrument panel reads only its own keys; an instrument absent from the records is shown
     as "not tracked", and ``nan`` readings are skipped.
@@ -230,11 +233,11 @@ def plot(
         raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
     records = records_from(source)
     if layerwise:
-        return plot_layerwise(records, path)
+        return plot_layerwise(records, path, dpi=dpi)
     if not records:
         raise ValueError("no records to plot")
     fig = new_figure(FIGSIZE)
     draw_cockpit(fig, records, last_fraction=last_fraction, log_steps=log_steps)
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig

@@ -17,6 +17,7 @@ from matplotlib.transforms import Bbox
 from .panels import (
     COLORS,
     GRADIENT_ELEMENT,
+    LR_LOG_RATIO,
     MUTED,
     NOTE_SIZE,
     View,
@@ -245,7 +246,7 @@ def draw_hyperparameters(ax: Axes, records: Sequence[dict], view: View) -> None:
         )
     ax.set_ylabel("learning rate", color=COLORS["blue"])
     values = np.concatenate([v for _, v in lrs]) if lrs else np.empty(0)
-    if len(values) and values.min() > 0 and values.max() > 10 * values.min():
+    if view.log_y("lr", values, LR_LOG_RATIO):
         log_ticks(ax)
     elif len(values):
         ax.set_ylim(min(0.0, values.min() * 1.3), max(values.max() * 1.3, 1e-12))
@@ -337,15 +338,15 @@ def metric_keys(records: Sequence[dict]) -> list[str]:
 
 
 def draw_performance(ax: Axes, records: Sequence[dict], view: View) -> None:
-    """Mini-batch loss (coloured by step, moving average) and the other metrics the records carry:
-    losses on the left axis, accuracies and other metrics on the right."""
+    """Mini-batch loss (coloured by step, centred smoothing) and the other metrics the records
+    carry as markers: losses on the left axis, accuracies and other metrics on the right."""
     title(ax, "Performance", "mini-batch loss and metrics")
     metrics = metric_keys(records)
     if not any("Loss" in r for r in records) and not metrics:
         message(ax, "Loss not tracked")
         return
     if any("Loss" in r for r in records):
-        draw_series(ax, records, "Loss", view, label="mini-batch loss (moving average)")
+        draw_series(ax, records, "Loss", view, label="mini-batch loss (centred smoothing)")
     view.step_axis(ax)
     ax.set_ylabel("loss")
     ax.set_xlabel("step")
@@ -361,12 +362,12 @@ def draw_performance(ax: Axes, records: Sequence[dict], view: View) -> None:
                 right.set_ylabel("accuracy / metric")
             target = right
         steps, values = series(records, key)
-        target.plot(
+        target.plot(  # markers only: a line would claim values between evaluations
             steps,
             values,
             marker="o",
-            markersize=3,
-            linewidth=1.3,
+            markersize=4,
+            linestyle="none",
             color=next(palette),
             label=key.replace("_", " "),
         )

@@ -6,30 +6,56 @@ from __future__ import annotations
 import math
 import os
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .panels import (
     COLORS,
+    DPI,
     GRADIENT_ELEMENT,
     MUTED,
+    NOTE_SIZE,
+    TITLE_SIZE,
     draw_hist1d,
     guarded,
     message,
     new_figure,
     save,
     style,
-    title,
 )
 from .sources import Source, latest, records_from
 
 __all__ = ["plot_layerwise"]
 
 COLUMNS = 4
+MIN_TITLE_SIZE = 7.0
 
 
-def plot_layerwise(source: Source, path: str | os.PathLike | None = None) -> Figure:
+def _two_line_title(ax: Axes, name: str, note: str) -> None:
+    """The parameter's name in bold on top (shrunk, then shortened in the middle, until it fits
+    the panel's width) and the grey ``note`` on its own line below it."""
+    ax.text(0, 1.02, note, transform=ax.transAxes, fontsize=NOTE_SIZE, color=MUTED, va="bottom")
+    heading = ax.set_title(name, loc="left", fontsize=TITLE_SIZE, fontweight="bold", pad=14)
+    renderer = ax.figure.canvas.get_renderer()
+    width = ax.get_window_extent(renderer).width
+    size, text = TITLE_SIZE, name
+    while heading.get_window_extent(renderer).width > width:
+        if size > MIN_TITLE_SIZE:
+            size -= 0.5
+            heading.set_fontsize(size)
+        else:
+            keep = (len(text) - 2) // 2
+            if keep < 2:
+                break
+            text = name[:keep] + "…" + name[len(name) - keep :]
+            heading.set_text(text)
+
+
+def plot_layerwise(
+    source: Source, path: str | os.PathLike | None = None, *, dpi: float = DPI
+) -> Figure:
     """Draw the newest step's per-parameter ``GradHist1d`` histograms and return the ``Figure``
-    (also written to ``path``). Each axes is labelled with its parameter's name."""
+    (also written to ``path`` at ``dpi``). Each axes is labelled with its parameter's name."""
     records = records_from(source)
     if not records:
         raise ValueError("no records to plot")
@@ -46,7 +72,7 @@ def plot_layerwise(source: Source, path: str | os.PathLike | None = None) -> Fig
         reason = "GradHist1d not tracked" if record is None else "no per-parameter histograms"
         message(ax, reason)
         if path is not None:
-            save(fig, path)
+            save(fig, path, dpi)
         return fig
     fig.text(
         0.96,
@@ -63,8 +89,8 @@ def plot_layerwise(source: Source, path: str | os.PathLike | None = None) -> Fig
         left=0.05,
         right=0.98,
         bottom=0.5 / height + 0.02,
-        top=1 - 0.85 / height,
-        hspace=0.55,
+        top=1 - 1.05 / height,
+        hspace=0.7,
         wspace=0.18,
     )
     first = None
@@ -72,7 +98,7 @@ def plot_layerwise(source: Source, path: str | os.PathLike | None = None) -> Fig
         ax = fig.add_subplot(grid[index // COLUMNS, index % COLUMNS], sharex=first, label=name)
         first = first or ax
         style(ax)
-        title(ax, name, f"{int(layer.get('population', 0)):,} elements")
+        _two_line_title(ax, name, f"{int(layer.get('population', 0)):,} elements")
         guarded(
             [ax],
             name,
@@ -83,5 +109,5 @@ def plot_layerwise(source: Source, path: str | os.PathLike | None = None) -> Fig
         if index % COLUMNS == 0:
             ax.set_ylabel("count")
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig

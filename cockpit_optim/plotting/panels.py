@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, MaxNLocator
 
 from .sources import series
 
@@ -20,19 +20,23 @@ __all__ = [
     "COLORS",
     "DPI",
     "GRADIENT_ELEMENT",
+    "LR_LOG_RATIO",
+    "SERIES_LOG_RATIO",
     "View",
     "draw_hist1d",
     "draw_series",
-    "ema",
     "guarded",
     "legend",
     "legend_below",
+    "log_keys",
     "log_ticks",
     "message",
     "new_figure",
     "save",
+    "smoothed",
     "style",
     "title",
+    "wants_log",
 ]
 
 DPI = 100
@@ -50,21 +54,54 @@ COLORS = {
     "red": "#c8423b",
     "purple": "#7d5ba6",
     "grey": "#8c8c8c",
-    "ema": "#202020",
+    "average": "#202020",
 }
+
+
+SERIES_LOG_RATIO = 100.0  # positive readings spanning more than this get a log y axis
+LR_LOG_RATIO = 10.0  # the same for the learning rate
+
+
+def wants_log(values: np.ndarray, ratio: float) -> bool:
+    """Log y axis for positive ``values`` spanning more than ``ratio``."""
+    return len(values) > 0 and bool(values.min() > 0 and values.max() > ratio * values.min())
+
+
+def log_keys(records: Sequence[dict]) -> frozenset[str]:
+    """The scalar keys (and ``lr``) whose readings over all ``records`` want a log y axis."""
+    values: dict[str, list[float]] = {}
+    for record in records:
+        for key, value in record.items():
+            items = value if key == "lr" and isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, int | float) and not isinstance(item, bool):
+                    values.setdefault(key, []).append(float(item))
+    keys = set()
+    for key, numbers in values.items():
+        finite = np.asarray(numbers)[np.isfinite(numbers)]
+        if wants_log(finite, LR_LOG_RATIO if key == "lr" else SERIES_LOG_RATIO):
+            keys.add(key)
+    return frozenset(keys)
 
 
 @dataclass(frozen=True)
 class View:
-    """What all time series of one figure share: the step range, its colours and its axis scale."""
+    """What all time series of one figure share: the step range, its colours, the step axis scale
+    and, when ``y_log`` is given (e.g. from the full run for all frames of an animation), which
+    readings get a log y axis; ``None`` decides per figure from the values shown."""
 
     first_step: int
     last_step: int
     log_steps: bool = False
+    y_log: frozenset[str] | None = None
 
     @property
     def norm(self) -> Normalize:
         return Normalize(self.first_step, max(self.last_step, self.first_step + 1))
+
+    def log_y(self, key: str, values: np.ndarray, ratio: float = SERIES_LOG_RATIO) -> bool:
+        """Whether the reading ``key`` (shown with ``values``) gets a log y axis."""
+        return wants_log(values, ratio) if self.y_log is None else key in self.y_log
 
     def step_axis(self, ax: Axes) -> None:
         """Apply the shared step range (linear, or log-spaced with step 0 kept)."""
@@ -75,7 +112,8 @@ class View:
         else:
             pad = max(0.5, 0.03 * (self.last_step - self.first_step))
             ax.set_xlim(self.first_step - pad, self.last_step + pad)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            # as many labels as the axis width holds (narrow panels get fewer)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=2))
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
@@ -85,9 +123,9 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: str | os.PathLike) -> None:
-    """Write ``fig`` to ``path`` (format from the suffix)."""
-    fig.savefig(path, dpi=DPI, facecolor=fig.get_facecolor())
+def save(fig: Figure, path: str | os.PathLike, dpi: float = DPI) -> None:
+    """Write ``fig`` to ``path`` (format from the suffix) at ``dpi`` pixels per inch."""
+    fig.savefig(path, dpi=dpi, facecolor=fig.get_facecolor())
 
 
 def style(ax: Axes, *, grid: bool = True) -> None:
@@ -127,10 +165,11 @@ def legend_below(ax: Axes, handles: Sequence, columns: int = 3) -> None:
 
 
 def log_ticks(ax: Axes) -> None:
-    """Log-scaled y axis with labels at powers of ten only."""
+    """Log-scaled y axis labelled at powers of ten; an axis spanning less than a decade also
+    labels some of the ticks in between (else it would carry no label at all)."""
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(numticks=4))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
 
 
 def message(ax: Axes, text: str) -> None:
@@ -167,17 +206,26 @@ def guarded(axes: Sequence[Axes], name: str, draw: Callable[[], None]) -> None:
         message(axes[0], f"cannot draw {name}:\n{type(error).__name__}")
 
 
-def ema(values: np.ndarray, weight: float | None = None) -> np.ndarray:
-    """Exponential moving average with bias correction (starts at the first value); by default the
-    weight of a new value shrinks with the number of values (0.5 for <= 40 values, 0.1 for 200+)."""
-    if weight is None:
-        weight = min(0.5, max(0.1, 20.0 / max(len(values), 1)))
-    out = np.empty(len(values))
-    mean, total = 0.0, 0.0
-    for i, value in enumerate(values):
-        mean = (1 - weight) * mean + weight * value
-        total = (1 - weight) * total + weight
-        out[i] = mean / total
+def smoothed(values: np.ndarray, half_width: int | None = None) -> np.ndarray:
+    """A centred smooth line through ``values``: inside, point ``i`` is the value at ``i`` of the
+    least-squares parabola through ``values[i - h : i + h + 1]`` (Savitzky-Golay); within ``h``
+    of either end, where that window does not fit, the mean of the symmetric window
+    ``values[i - k : i + k + 1]``, ``k = min(i, n - 1 - i)`` (the end points as they are). Neither
+    lags behind a trend, as a trailing average does, nor cuts through a bend, as a wide mean does.
+    By default ``h = round(n / 10)``, at most 40; below ``h = 2`` the values are kept."""
+    from scipy.signal import savgol_coeffs  # scipy is heavy to import; only plots need this
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    h = min(40, round(n / 10)) if half_width is None else int(half_width)
+    h = min(h, (n - 1) // 2)
+    out = values.copy()
+    if h < 2:
+        return out
+    out[h : n - h] = np.convolve(values, savgol_coeffs(2 * h + 1, 2), mode="valid")
+    for k in range(1, h):  # the shrinking symmetric windows near both ends
+        out[k] = values[: 2 * k + 1].mean()
+        out[n - 1 - k] = values[n - 1 - 2 * k :].mean()
     return out
 
 
@@ -191,7 +239,8 @@ def draw_series(
     label: str | None = None,
     size: float = 14.0,
 ) -> bool:
-    """Scatter the finite readings of ``key`` over steps with their moving average.
+    """Scatter the finite readings of ``key`` over steps with a centred smooth line through them
+    (:func:`smoothed`, of the logarithms on a log y axis).
 
     Points are coloured by step unless ``color`` is given. Returns ``False`` (after writing the
     reason into the panel) when there is nothing to draw.
@@ -207,14 +256,15 @@ def draw_series(
         ax.scatter(
             steps, values, c=steps, cmap=STEP_CMAP, norm=view.norm, s=size, linewidths=0, zorder=3
         )
-        line_color = COLORS["ema"]
+        line_color = COLORS["average"]
     else:
         ax.scatter(steps, values, color=color, s=size * 0.6, alpha=0.45, linewidths=0, zorder=3)
         line_color = color
-    ax.plot(steps, ema(values), color=line_color, linewidth=1.4, zorder=4, label=label)
+    log_y = view.log_y(key, values) and values.min() > 0
+    average = np.exp(smoothed(np.log(values))) if log_y else smoothed(values)
+    ax.plot(steps, average, color=line_color, linewidth=1.4, zorder=4, label=label)
     view.step_axis(ax)
-    positive = values[values > 0]
-    if len(positive) == len(values) and positive.max() > 100 * positive.min():
+    if log_y:
         log_ticks(ax)
     return True
 
