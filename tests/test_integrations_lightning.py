@@ -215,7 +215,7 @@ def test_accumulated_batches_form_one_step(float32):
     assert trainer.global_step == 3 and len(module.seen) == 6
     history = callback.monitor.history
     assert [r["batch_size"] for r in history] == [32, 32, 32]
-    _check_against_brute_force(module, history, accumulate=2, rel=1e-4)
+    _check_against_brute_force(module, history, accumulate=2, rel=1e-6)  # measured 4e-8
 
 
 def test_bf16_mixed_accumulation_and_clipping(float32):
@@ -233,4 +233,5 @@ def test_bf16_mixed_accumulation_and_clipping(float32):
     assert [r["step"] for r in history] == [0, 1, 2]
     # GradNorm is the norm of what the optimizer uses (clipped); the rest are of the loss.
     assert [r["GradNorm"] for r in history] == pytest.approx([clip] * 3, rel=1e-3)
+    # bf16 keeps 8 mantissa bits: measured up to 2.7e-2 (InnerTest), the real-loop tolerance
     _check_against_brute_force(module, history, accumulate=2, rel=5e-2)
