@@ -119,3 +119,43 @@ def train_worker(rank: int, world: int, port: int, run_dir: str, overrides: list
         cfg = compose("train", overrides=overrides)
     summary = train(cfg, run_dir)
     torch.save(summary["final"], f"{run_dir}/final_rank{rank}.pt")
+
+
+def failing_rank_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1 computes its loss without the monitored loss object: its readings fail."""
+    import math
+    import warnings
+
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        batches = global_batches("mlp")
+        model, loss_fn, _ = make_problem("mlp")
+        ddp = DistributedDataParallel(model)
+        opt = MonitoredOptimizer(
+            torch.optim.SGD(ddp.parameters(), lr=0.1), ddp, loss_fn, instruments="business"
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step, (x, y) in enumerate(batches[:3]):
+                x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+                opt.zero_grad()
+                if rank == 1 and step == 1:
+                    torch.nn.functional.cross_entropy(ddp(x), y).backward()
+                else:
+                    loss_fn(ddp(x), y).backward()
+                opt.step()
+            opt.close()
+        torch.save(
+            {
+                "nan": [math.isnan(r["NormTest"]) for r in opt.history],
+                "grad_norm": [r["GradNorm"] for r in opt.history],
+                "warned": any("another rank" in str(w.message) for w in caught),
+            },
+            f"{out}/rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()

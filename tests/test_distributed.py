@@ -139,3 +139,15 @@ def test_train_entry_point_under_two_processes_matches_one(tmp_path):
     for a, b in zip(ours, theirs):
         assert math.isclose(a["NormTest"], b["NormTest"], rel_tol=1e-3), a["step"]
     assert (parallel / "summary.json").exists() and (parallel / "cockpit.png").exists()
+
+
+@pytest.mark.slow
+def test_a_reading_failing_on_one_rank_fails_on_all_without_a_collective_mismatch(tmp_path):
+    from ddp_worker import failing_rank_worker
+
+    mp.spawn(failing_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for result in ranks:
+        assert result["nan"] == [False, True, False]
+        assert all(math.isfinite(v) for v in result["grad_norm"])
+    assert ranks[0]["warned"] and ranks[0]["grad_norm"] == ranks[1]["grad_norm"]

@@ -133,6 +133,26 @@ class StatisticsEngine:
                     "approximation with MonitoredOptimizer(..., batchnorm_approximation=True)."
                 )
 
+    def _agree(self, samples: StepSamples) -> None:
+        """Ranks agree on what failed before the collectives that depend on it (one small
+        all-reduce): a failure on any rank is a failure on every rank, never a mismatch."""
+        device = self.params[0].device
+        flags = torch.tensor(
+            [samples.loss_problem is not None, samples.problem is not None],
+            dtype=torch.float64,
+            device=device,
+        )
+        (summed,) = self.combiner.sum([flags])
+        losses_failed, grads_failed = (value > 0 for value in summed.tolist())
+        elsewhere = "failed on another rank"
+        if losses_failed and samples.loss_problem is None:
+            samples.loss_problem = samples.problem = elsewhere
+            samples.losses = None
+        if grads_failed and samples.problem is None:
+            samples.problem = elsewhere
+        if samples.problem is not None:
+            samples.rules = []
+
     # ------------------------------------------------------------------------ collect
     def collect(
         self, request: Request, lr: float, direction: list[Tensor] | None = None, step: int = 0
@@ -149,6 +169,8 @@ class StatisticsEngine:
             self._check_batchnorm()
             with self.capture.suspended(), torch.autocast(self.params[0].device.type, enabled=False):
                 self.samples = assemble(self.loss_fn, self.capture, self.params, self.names)
+            if self.combiner.world_size > 1:
+                self._agree(self.samples)
             local = self.samples.losses
             if local is None:
                 local = torch.zeros(0, dtype=torch.float64, device=self.params[0].device)
