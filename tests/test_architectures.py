@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import reference as ref
 import torch
 from torch import nn
 
-from cockpit_optim import MonitoredOptimizer, ReadingWarning
+from cockpit_optim import MonitoredOptimizer
 from cockpit_optim.instruments import HessTrace
 
 FIRST_ORDER = [

@@ -68,7 +68,9 @@ class CurvatureDiagonals:
     def _weighted(self, diagonal: list[Tensor], weight: float) -> list[Tensor]:
         return self.combiner.sum([d * weight for d in diagonal])
 
-    def hessian(self, model_input: ModelInput, target: Tensor, weight: float) -> list[Tensor] | None:
+    def hessian(
+        self, model_input: ModelInput, target: Tensor, weight: float
+    ) -> list[Tensor] | None:
         """The exact Hessian diagonal, where one of the exact paths applies."""
         if self.piecewise:
             by_id = ggn_diagonal(self.model, self.loss_fn, model_input, target)

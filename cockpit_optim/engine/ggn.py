@@ -239,9 +239,7 @@ def any_ggn_diagonal(
                 z[:, column] = 1
                 probes.append(z.reshape(output.shape))
         else:
-            signs = torch.randint(
-                0, 2, output.shape, generator=generator, device=output.device
-            )
+            signs = torch.randint(0, 2, output.shape, generator=generator, device=output.device)
             probes = [signs.to(output.dtype).mul_(2).sub_(1)]
         diagonal: dict[str, Tensor] = {}
         for z in probes:
