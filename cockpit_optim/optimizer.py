@@ -139,7 +139,7 @@ class MonitoredOptimizer(Optimizer):
             sample_seed=seed + 7919 * (rank + 1),  # histogram draws: per rank, seeded per step
             combiner=self._combiner,
             curvature=self._curvature_method(),
-            diagonal=self._request.diagonal,
+            diagonal=self._request.diagonal or self._request.trace is not None,
             batchnorm_approximation=batchnorm_approximation,
             **self._curvature_options(),
         )

@@ -51,6 +51,34 @@ def dense_hessian(model, loss_fn, params, x, y) -> torch.Tensor:
         return torch.autograd.functional.hessian(loss_of, flat).double()
 
 
+def dense_ggn(model, loss_fn, params, x, y) -> torch.Tensor:
+    """``(1/B) sum_n J_n^T (d^2 l_n / d f_n^2) J_n`` from the dense Jacobian (CE or MSE, mean)."""
+    names = list(params)
+    shapes = [params[k].shape for k in names]
+    sizes = [params[k].numel() for k in names]
+    flat = torch.cat([params[k].reshape(-1) for k in names])
+
+    def output_of(vector):
+        pieces = dict(zip(names, [c.reshape(s) for c, s in zip(vector.split(sizes), shapes)]))
+        return functional_call(model, pieces, (x,))
+
+    with sdpa_kernel(SDPBackend.MATH):
+        jacobian = torch.autograd.functional.jacobian(output_of, flat).double()
+        output = output_of(flat).detach().double()
+    batch = output.shape[0]
+    jacobian = jacobian.reshape(batch, -1, flat.numel())
+    ggn = torch.zeros(flat.numel(), flat.numel(), dtype=torch.float64)
+    for n in range(batch):
+        if isinstance(loss_fn, nn.CrossEntropyLoss):
+            p = torch.softmax(output[n], 0)
+            inner = torch.diag(p) - torch.outer(p, p)
+        else:
+            size = jacobian.shape[1]
+            inner = 2.0 / size * torch.eye(size, dtype=torch.float64)
+        ggn += jacobian[n].T @ inner @ jacobian[n]
+    return ggn / batch
+
+
 def first_order(losses, grads, lr):
     """Expected first-order readings (SPEC section 3) from individual losses and gradients."""
     b = grads.shape[0]
@@ -75,14 +103,16 @@ def first_order(losses, grads, lr):
     }
 
 
-def curvature(hessian, grads, eps=1e-7):
+def curvature(hessian, grads, eps=1e-7, tic_diagonal=None):
+    """Curvature readings; the TIC from ``tic_diagonal`` (default: the Hessian's diagonal)."""
     second = (grads * grads).mean(0)
     diag = torch.diagonal(hessian)
+    tic = diag if tic_diagonal is None else tic_diagonal
     return {
         "HessTrace": float(diag.sum()),
         "HessMaxEV": float(torch.linalg.eigvalsh(hessian)[-1]),
-        "TICDiag": float((second / (diag + eps)).sum()),
-        "TICTrace": float(second.sum() / (diag.sum() + eps)),
+        "TICDiag": float((second / (tic + eps)).sum()),
+        "TICTrace": float(second.sum() / (tic.sum() + eps)),
     }
 
 

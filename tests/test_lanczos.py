@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cockpit_optim.engine import curvature
 from cockpit_optim.engine.curvature import lanczos_max_eigenvalue
 
 
@@ -31,9 +32,17 @@ def test_close_top_eigenvalues_within_tolerance(max_basis: int) -> None:
     assert float(vector @ matrix @ vector) == pytest.approx(result.value, rel=1e-6)
 
 
-def test_restarts_keep_the_basis_bounded() -> None:
+def test_restarts_keep_the_basis_bounded(monkeypatch) -> None:
     matrix = _operator(200, [2.0, 1.99], seed=2)
-    shapes = []
+    shapes, sizes = [], []
+    append = curvature._Basis.append
+
+    def counted(self, vector):  # the rows held by every basis ever built
+        append(self, vector)
+        sizes.append(sum(chunk.shape[0] for chunk in self.chunks))
+        assert self.size <= 4
+
+    monkeypatch.setattr(curvature._Basis, "append", counted)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         shapes.append(v.shape)
@@ -42,6 +51,7 @@ def test_restarts_keep_the_basis_bounded() -> None:
     start = torch.ones(200, dtype=torch.float64)
     result = lanczos_max_eigenvalue(matvec, start, rtol=1e-3, max_iter=400, max_basis=4)
     assert result.products == len(shapes) > 4  # it had to restart
+    assert max(sizes) <= 4 and len(sizes) > 4  # rows allocated: at most max_basis (one chunk)
     assert abs(result.value - 2.0) <= 2e-3
 
 

@@ -1,4 +1,5 @@
-"""Exact diagonal of the generalized Gauss-Newton matrix for sequences of Linear/Conv layers.
+"""Diagonal of the generalized Gauss-Newton matrix: exact for sequences of Linear/Conv layers, and
+for any model through the per-layer rules (exact, or a non-negative Monte-Carlo estimate).
 
 ``diag G = (1/B) sum_n sum_c (J_n^T s_{n,c})^2`` with ``S_n S_n^T`` the Hessian of the individual
 loss w.r.t. the network output: one backward pass per output dimension ``c`` (to the layer outputs
@@ -7,6 +8,12 @@ only), each reduced per layer by the same per-coordinate rules as the individual
 For networks whose activations and pooling are piecewise linear (ReLU, max-pooling, ...) the
 network is linear in every single parameter, so the diagonal of the residual term of the Hessian
 vanishes and ``diag H = diag G`` exactly: the Hessian diagonal at the cost of the GGN's.
+
+For any other model (:func:`any_ggn_diagonal`) the backward vectors ``S_n e_c`` (exact, one pass per
+output entry of a sample) or ``S_n z_n`` with Rademacher ``z_n`` (Monte-Carlo: ``E[z z^T] = I``, so
+``E[(J_n^T S_n z_n)^2] = diag(J_n^T S_n S_n^T J_n)``, non-negative and unbiased) are reduced by the
+rules of the first-order statistics (``sum_n g_n^2`` of the pseudo-gradients), generic
+``torch.func`` rule included.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .capture import ModelInput
+from .capture import Capture, ModelInput
 from .curvature import replay_rng
 from .layers import SharedLinearRule, _unfold
+from .rules import build_rules
 
 _PARAMETRIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PIECEWISE_LINEAR = (
@@ -166,3 +175,86 @@ def _accumulate(diagonal: dict[int, Tensor], module: nn.Module, moments: list[Te
     for param, value in zip(params, moments):
         key = id(param)
         diagonal[key] = diagonal[key].add_(value) if key in diagonal else value
+
+
+#: Output entries per sample up to which :func:`any_ggn_diagonal` is exact by default.
+MAX_EXACT_COLUMNS = 16
+
+
+def _row_root(loss_fn: nn.Module, output: Tensor, target: Tensor):
+    """``z -> S z`` (``z`` shaped like ``output``), ``S`` a square root of the Hessian of each
+    sample's loss ``l_n`` (the mean over its elements) w.r.t. its output; ``None`` for losses
+    without one (NLL on log-probabilities, L1, Huber, weighted BCE)."""
+    out = output.detach()
+    if isinstance(loss_fn, nn.CrossEntropyLoss) and out.dim() >= 2:  # class probabilities too
+        p = F.softmax(out, dim=1)
+        s = p.sqrt()
+        positions = out[0, 0].numel()
+        scale = 1.0 / math.sqrt(positions)
+        return lambda z: (s * z - p * (s * z).sum(1, keepdim=True)) * scale
+    per_sample = out[0].numel()
+    if isinstance(loss_fn, nn.MSELoss):
+        scale = math.sqrt(2.0 / per_sample)
+        return lambda z: z * scale
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss) and loss_fn.pos_weight is None:
+        if loss_fn.weight is None:
+            sigma = torch.sigmoid(out)
+            root = (sigma * (1 - sigma) / per_sample).sqrt()
+            return lambda z: z * root
+    return None
+
+
+def any_ggn_diagonal(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    model_input: ModelInput,
+    target: Tensor,
+    monitored: dict[int, str],
+    exact: bool | None,
+    generator: torch.Generator,
+) -> tuple[dict[str, Tensor] | None, str]:
+    """GGN diagonal of the mean loss by parameter name (of ``monitored``: ``id -> name``) for any
+    model whose layers have rules: exact (one backward pass per output entry of a sample),
+    Monte-Carlo (one pass; ``generator``, on the parameters' device, draws ``z``), or with
+    ``exact=None`` exact up to :data:`MAX_EXACT_COLUMNS` entries.  Returns ``(diagonal, "ggn" or
+    "mc-ggn")`` or ``(None, reason)``."""
+    capture = Capture(model, loss_fn, monitored)
+    capture.armed = True
+    try:
+        with replay_rng(model_input), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            output = model(*model_input.args, **model_input.kwargs)
+        if not isinstance(output, Tensor) or output.dim() == 0:
+            return None, "the model output is not a batched tensor"
+        root = _row_root(loss_fn, output, target)
+        if root is None:
+            return None, f"{type(loss_fn).__name__} has no GGN factorization here"
+        params = [p for p in model.parameters() if id(p) in monitored]
+        batch = output.shape[0]
+        columns = output[0].numel()
+        exact = columns <= MAX_EXACT_COLUMNS if exact is None else exact
+        if exact:
+            probes = []
+            for column in range(columns):
+                z = torch.zeros_like(output).reshape(batch, -1)
+                z[:, column] = 1
+                probes.append(z.reshape(output.shape))
+        else:
+            signs = torch.randint(0, 2, output.shape, generator=generator, device=output.device)
+            probes = [signs.to(output.dtype).mul_(2).sub_(1)]
+        diagonal: dict[str, Tensor] = {}
+        for z in probes:
+            torch.autograd.grad(
+                output, params, grad_outputs=root(z) / batch, retain_graph=True, allow_unused=True
+            )
+            with capture.suspended():  # the generic rule replays module calls
+                rules, problem = build_rules(capture.slots)
+            if problem is not None:
+                return None, problem
+            for rule, names in rules:
+                reduction = rule.reduce(sq_norms=False, sgs=True, mean_dots=False)
+                for name, sgs in zip(names, reduction.sgs):
+                    value = sgs.detach() / batch
+                    diagonal[name] = diagonal[name].add_(value) if name in diagonal else value
+        return diagonal, "ggn" if exact else "mc-ggn"
+    finally:
+        capture.remove()

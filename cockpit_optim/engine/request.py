@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .curvature import EigenResult
+from .trace import TraceEstimate
 from .transfer import Deferred, HostTransfer
 
 # Block size of the float64 reductions over all coordinates.
@@ -26,6 +27,15 @@ class HistogramRequest:
 
 
 @dataclass(frozen=True)
+class TraceRequest:
+    """HessTrace's tolerance: relative standard error ``rtol``, at most ``max_products``
+    Hessian-vector products (where the trace is estimated)."""
+
+    rtol: float
+    max_products: int
+
+
+@dataclass(frozen=True)
 class Request:
     """What the active instruments need at one step; ``|`` merges two requests."""
 
@@ -38,6 +48,7 @@ class Request:
     hist1d: HistogramRequest | None = None
     hist2d: HistogramRequest | None = None
     diagonal: bool = False
+    trace: TraceRequest | None = None
     max_eigenvalue: bool = False
     projection: bool = False
     distance: bool = False
@@ -63,6 +74,7 @@ class Request:
             or self.projection
             or self.losses
             or self.diagonal
+            or self.trace is not None
             or self.max_eigenvalue
         )
 
@@ -72,8 +84,8 @@ class Statistics:
     """Everything instruments read at one step.  Per-parameter lists follow ``names``.
 
     ``sq_norms[n] = ||g_n||^2``, ``dots[n] = g_n . g`` (float64, shape ``[B]``),
-    ``mean_grads`` = ``g``, ``sgs`` = ``sum_n g_n^2`` per coordinate, ``diagonal`` = Hessian
-    diagonal (or GGN, see ``diagonal_method``).  ``unavailable`` maps a statistic that could not be
+    ``mean_grads`` = ``g``, ``sgs`` = ``sum_n g_n^2`` per coordinate, ``diagonal`` = the TIC's
+    curvature diagonal (named by ``diagonal_method``), ``trace`` = HessTrace's trace.  ``unavailable`` maps a statistic that could not be
     computed at this step to the reason.
 
     Scalars reach the host once per step (:mod:`.transfer`): instruments queue the reductions
@@ -99,7 +111,7 @@ class Statistics:
     update_size: float | Deferred | None = None
     alpha: Any = None
     projection: Tensor | None = None
-    trace_stderr: float | Deferred | None = None
+    trace: TraceEstimate | Deferred | None = None
     rank_grad_sq_norm: float | Deferred | None = (
         None  # mean over ranks of ||g_rank||^2 (distributed only)
     )
@@ -205,7 +217,7 @@ DEFERRED_FIELDS = (
     "hist2d",
     "distance",
     "update_size",
-    "trace_stderr",
+    "trace",
     "rank_grad_sq_norm",
 )
 

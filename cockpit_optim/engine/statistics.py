@@ -12,17 +12,9 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError, warn_reading
 from .capture import Capture
-from .curvature import (
-    DiagonalCurvature,
-    EigenResult,
-    HessianVectorProduct,
-    hutchinson,
-    lanczos_max_eigenvalue,
-    replay_loss,
-)
+from .curvature import EigenResult, HessianVectorProduct, lanczos_max_eigenvalue, replay_loss
+from .diagonals import CurvatureDiagonals
 from .distributed import LocalCombiner
-from .ggn import ggn_diagonal
-from .ggn import supports as ggn_supports
 from .histograms import (
     Bounds,
     bin_edges,
@@ -37,6 +29,7 @@ from .histograms import (
 from .layers import LayerRule
 from .request import HistogramRequest, Request, Statistics
 from .samples import StepSamples, assemble, at_loss_call
+from .trace import TraceEstimate
 from .transfer import HostTransfer
 
 # Default gradient range of the histograms: +- this many RMS values of all elements g_{n,d}.
@@ -80,21 +73,14 @@ class StatisticsEngine:
         self.combiner = combiner or LocalCombiner()
         # Replays run the plain module: a DistributedDataParallel wrapper expects a backward.
         self.replay_model = getattr(model, "module", model) if _is_ddp(model) else model
-        # The diagonal-curvature copy is made before any hook exists on the model. BackPACK's
-        # second-order extensions are exact for sequences of modules; other models are estimated.
-        self.diagonal, self.diagonal_problem = None, None
-        self.hutchinson_probes = hutchinson_probes
+        # HessTrace and TIC curvature; a BackPACK copy, if any, is made before any hook exists.
+        self.diagonals = CurvatureDiagonals(
+            self.replay_model, loss_fn, self.names, self.params, generator, self.combiner,
+            curvature, enabled=diagonal, probes=hutchinson_probes,
+        )  # fmt: skip
+        self._ggn_exact = self.diagonals.piecewise
         self.batchnorm_approximation = batchnorm_approximation
-        self._warned_estimate = False
         self.histogram_draws = FIRST_DRAWS  # draws of the next subsampled histogram
-        self._ggn_exact = diagonal and ggn_supports(self.replay_model, loss_fn, curvature)
-        if diagonal and isinstance(self.replay_model, nn.Sequential):
-            self.diagonal = DiagonalCurvature(self.replay_model, loss_fn, curvature)
-        elif diagonal:
-            self.diagonal_problem = (
-                f"{type(self.replay_model).__name__} is not an nn.Sequential, for which the exact diagonal "
-                "is computed"
-            )
         self.curvature = curvature
         self.eigen_rtol, self.eigen_max_iter = eigen_rtol, eigen_max_iter
         self.eigenvector: Tensor | None = None  # warm start of the next Lanczos run
@@ -199,7 +185,7 @@ class StatisticsEngine:
             )
         if request.first_order or request.projection or direction is not None:
             self._first_order(request, stats, direction)
-        if request.diagonal or request.max_eigenvalue:
+        if request.diagonal or request.max_eigenvalue or request.trace is not None:
             self._curvature(request, stats)
         return stats
 
@@ -367,7 +353,7 @@ class StatisticsEngine:
         elif problem is None and batches[0].model_input is None:
             problem = "the model's forward call was not recorded"
         if problem is not None:
-            for key in ("diagonal", "max_eigenvalue"):
+            for key in ("diagonal", "max_eigenvalue", "trace"):
                 stats.unavailable[key] = problem
             return
         model_input, target = batches[0].model_input, batches[0].loss.target
@@ -380,58 +366,40 @@ class StatisticsEngine:
                 products.append(HessianVectorProduct(loss, self.params, self.combiner, weight))
             return products[0]
 
+        weight, cache = self.local_batch / stats.batch_size, {}
         with self.capture.suspended():
+            if request.trace is not None:
+                try:
+                    value, method = self.diagonals.trace(
+                        model_input, target, weight, hvp, request.trace.rtol,
+                        request.trace.max_products, cache,
+                    )  # fmt: skip
+                except RuntimeError as error:  # non-finite curvature, failing products
+                    value, method = None, f"Hessian-vector products failed ({error})"
+                if value is None:
+                    stats.unavailable["trace"] = method
+                elif isinstance(value, TraceEstimate):
+                    value.curvature = method
+                    stats.trace = value
+                else:
+                    total = torch.stack([d.double().sum() for d in value]).sum()
+                    stats.trace = self.transfer.defer(
+                        total, convert=lambda v, m=method: TraceEstimate(v[0], 0.0, 0, True, m)
+                    )
             if request.diagonal:
-                self._diagonal(stats, model_input, target, hvp)
+                try:
+                    diagonal, method = self.diagonals.tic(model_input, target, weight, hvp, cache)
+                except RuntimeError as error:
+                    diagonal, method = None, f"Hessian-vector products failed ({error})"
+                if diagonal is None:
+                    stats.unavailable["diagonal"] = method
+                else:
+                    stats.diagonal, stats.diagonal_method = diagonal, method
             if request.max_eigenvalue:
                 try:
                     stats.max_eigenvalue = self._max_eigenvalue(hvp())
                 except RuntimeError as error:  # non-finite curvature makes the solver fail
                     stats.unavailable["max_eigenvalue"] = f"Lanczos failed ({error})"
-
-    def _diagonal(self, stats: Statistics, model_input, target: Tensor, hvp) -> None:
-        """Exact diagonal: by GGN backward passes for sequences of Linear/Conv layers (where it
-        equals the requested diagonal), else by BackPACK where it applies, else a Hutchinson
-        estimate (marked)."""
-        if self._ggn_exact:
-            by_id = ggn_diagonal(self.replay_model, self.loss_fn, model_input, target)
-            if by_id is not None:
-                weight = self.local_batch / stats.batch_size
-                stats.diagonal = self.combiner.sum([by_id[id(p)] * weight for p in self.params])
-                stats.diagonal_method = self.curvature
-                return
-        if self.diagonal is not None:
-            try:
-                names = (
-                    [n.removeprefix("module.") for n in self.names]
-                    if _is_ddp(self.model)
-                    else (self.names)
-                )
-                seed = 0  # Monte-Carlo GGN only: a CPU generator, no device involved
-                if self.curvature == "mc-ggn":
-                    seed = int(torch.randint(0, 2**62, (), generator=self.generator))
-                local = self.diagonal(self.replay_model, model_input, target, seed, names)
-                weight = self.local_batch / stats.batch_size
-                stats.diagonal = self.combiner.sum([d * weight for d in local])
-                stats.diagonal_method = self.curvature
-                return
-            except Exception as error:  # BackPACK raises for modules it does not support
-                self.diagonal_problem = f"BackPACK cannot handle the model ({error})"
-                self.diagonal = None
-        if self.diagonal_problem is not None and not self._warned_estimate:
-            warn_reading(
-                f"HessTrace and TICDiag are Hutchinson estimates ({self.hutchinson_probes} "
-                f"probes; standard error under HessTrace_stderr): {self.diagonal_problem}"
-            )
-            self._warned_estimate = True
-        try:
-            estimate = hutchinson(hvp(), self.hutchinson_probes, self.generator)
-        except RuntimeError as error:
-            stats.unavailable["diagonal"] = f"Hessian-vector products failed ({error})"
-            return
-        stats.diagonal = _unflatten(estimate.diagonal, self.params)
-        stats.diagonal_method = "hutchinson"
-        stats.trace_stderr = self.transfer.defer(estimate.trace_stderr)
 
     def _max_eigenvalue(self, hvp: HessianVectorProduct) -> EigenResult:
         """Lanczos on Hessian-vector products, warm-started from the previous step's
@@ -478,11 +446,6 @@ __all__ = ["HistogramRequest", "Request", "Statistics", "StatisticsEngine"]
 def _scalar(value: float, device: torch.device) -> Tensor:
     """A 0-d float64 tensor filled on ``device`` (no host-to-device copy, which would wait)."""
     return torch.full((), value, dtype=torch.float64, device=device)
-
-
-def _unflatten(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
-    pieces = vector.split([p.numel() for p in like])
-    return [piece.reshape(p.shape).to(p.dtype) for piece, p in zip(pieces, like)]
 
 
 def _grad(param: Tensor) -> Tensor:

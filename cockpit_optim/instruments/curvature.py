@@ -1,19 +1,23 @@
-"""Curvature instruments: HessTrace, HessMaxEV, TICDiag and TICTrace (paper App. B.7, B.8)."""
+"""Curvature instruments: HessTrace, HessMaxEV, TICDiag and TICTrace (paper App. B.7, B.8).
+
+The curvature each one used is named in the record (``<name>_curvature``): ``exact`` (the exact
+Hessian diagonal), ``estimate`` (the Hessian trace estimated with a standard error), ``ggn`` /
+``mc-ggn`` (the exact / Monte-Carlo generalized Gauss-Newton diagonal) or ``hutchinson`` (a
+Hessian diagonal estimate).  See :mod:`cockpit_optim.engine.diagonals` for which one serves where.
+"""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from ..engine.request import Request, Statistics
-from .base import Instrument, require
+from ..engine.request import Request, Statistics, TraceRequest
+from ..errors import warn_reading
+from .base import Instrument, Unavailable, require
 
-CURVATURES = ("exact", "ggn", "mc-ggn")
+CURVATURES = ("exact", "hessian", "ggn", "mc-ggn")
 
 
 class _DiagonalInstrument(Instrument):
-    """Reads the curvature diagonal: exact for ``nn.Sequential`` models BackPACK supports, else a
-    Hutchinson estimate with ``probes`` Hessian-vector products (``curvature: "hutchinson"``)."""
-
     def __init__(self, *, curvature: str = "exact", probes: int = 16) -> None:
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
@@ -21,27 +25,59 @@ class _DiagonalInstrument(Instrument):
             raise ValueError(f"probes must be at least 2 (for a standard error), got {probes}")
         self.curvature, self.probes = curvature, int(probes)
 
-    def extras(self, stats: Statistics) -> dict:
-        out = {"curvature": stats.diagonal_method}
-        if stats.trace_stderr is not None:
-            out["HessTrace_stderr"] = stats.trace_stderr
-        return out
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(curvature={self.curvature!r})"
 
 
 class HessTrace(_DiagonalInstrument):
-    """``Tr(H)`` of the mini-batch loss Hessian (``curvature="exact"``), or of the GGN / its
-    Monte-Carlo estimate (named under the record's ``curvature`` key)."""
+    """``Tr(H)`` of the mini-batch loss Hessian: exact where the Hessian diagonal is (sequences of
+    layers BackPACK or the GGN passes handle), else estimated on a Lanczos subspace plus adaptive
+    Hutchinson probes until the standard error is at most ``rtol * |Tr(H)|`` or ``max_products``
+    Hessian-vector products are spent.  The record carries ``HessTrace_stderr``,
+    ``HessTrace_hvps`` and ``HessTrace_converged``.  ``curvature="ggn"`` / ``"mc-ggn"`` read the
+    trace of the GGN (exact / Monte-Carlo) instead."""
 
     name = "HessTrace"
-    needs = Request(diagonal=True)
-    reads = ("diagonal_sum",)
+
+    def __init__(
+        self,
+        *,
+        curvature: str = "exact",
+        rtol: float = 0.05,
+        max_products: int = 32,
+        probes: int = 16,
+    ) -> None:
+        super().__init__(curvature=curvature, probes=probes)
+        if not rtol > 0 or int(max_products) < 2:
+            raise ValueError(
+                f"HessTrace needs rtol > 0 and max_products >= 2, got {rtol}, {max_products}"
+            )
+        self.rtol, self.max_products = float(rtol), int(max_products)
+
+    def request(self) -> Request:
+        return Request(trace=TraceRequest(self.rtol, self.max_products))
 
     def compute(self, stats: Statistics) -> float:
-        require(stats, "diagonal")
-        return stats.diagonal_sum
+        require(stats, "trace")
+        trace = stats.trace
+        if not trace.converged:
+            warn_reading(
+                f"HessTrace is an estimate whose standard error is above rtol={self.rtol} of it "
+                f"after max_products={self.max_products} Hessian-vector products (see "
+                "HessTrace_stderr; HessTrace(max_products=...) buys more)"
+            )
+        return trace.value
+
+    def extras(self, stats: Statistics) -> dict:
+        trace = stats.trace
+        if trace is None:
+            return {}
+        return {
+            "HessTrace_curvature": trace.curvature,
+            "HessTrace_stderr": trace.stderr,
+            "HessTrace_hvps": trace.products,
+            "HessTrace_converged": trace.converged,
+        }
 
 
 class HessMaxEV(Instrument):
@@ -66,21 +102,51 @@ class HessMaxEV(Instrument):
 
 
 class _TIC(_DiagonalInstrument):
+    """A TIC needs a positive curvature: a diagonal with negative entries (an exact Hessian's, or
+    a Hutchinson estimate under ``curvature="hessian"``) makes the reading ``nan``."""
+
+    needs = Request(diagonal=True)
+
     def __init__(self, *, curvature: str = "exact", probes: int = 16, eps: float = 1e-7) -> None:
         super().__init__(curvature=curvature, probes=probes)
         self.eps = float(eps)
+
+    def prepare(self, stats: Statistics) -> None:
+        super().prepare(stats)
+        stats.reduce(
+            "diagonal_negatives",
+            lambda s: s.block_sum(("diagonal",), lambda d: (d < 0).sum().double()),
+            inputs=("diagonal",),
+        )
+
+    def _check(self, stats: Statistics) -> None:
+        negatives = int(stats.reduced("diagonal_negatives"))
+        if negatives:
+            raise Unavailable(
+                f"its curvature diagonal ({stats.diagonal_method}) has {negatives} negative "
+                "entries, for which the TIC has no meaning; curvature='exact' (the default) "
+                "uses the non-negative GGN diagonal where the Hessian's is not known to be"
+            )
+
+    def extras(self, stats: Statistics) -> dict:
+        if stats.diagonal is None:
+            return {}
+        return {f"{self.name}_curvature": stats.diagonal_method}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(curvature={self.curvature!r}, eps={self.eps})"
 
 
 class TICDiag(_TIC):
-    """``sum_d M_d / (H_dd + eps)`` (eq. 29), ``M_d = (1/B) sum_n g_{n,d}^2``."""
+    """``sum_d M_d / (C_dd + eps)`` (eq. 29), ``M_d = (1/B) sum_n g_{n,d}^2``, ``C`` the curvature
+    named under ``TICDiag_curvature``."""
 
     name = "TICDiag"
     needs = Request(diagonal=True, sgs=True)
 
     def prepare(self, stats: Statistics) -> None:
+        super().prepare(stats)
+
         def tic(s: Statistics) -> Tensor:
             return s.block_sum(
                 ("sgs", "diagonal"),
@@ -91,11 +157,13 @@ class TICDiag(_TIC):
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sgs")
+        self._check(stats)
         return stats.reduced(self.name)
 
 
 class TICTrace(_TIC):
-    """``sum_d M_d / (Tr(H) + eps)`` (eq. 28); ``sum_d M_d = (1/B) sum_n ||g_n||^2``."""
+    """``sum_d M_d / (sum_d C_dd + eps)`` (eq. 28); ``sum_d M_d = (1/B) sum_n ||g_n||^2``, ``C``
+    the curvature named under ``TICTrace_curvature``."""
 
     name = "TICTrace"
     needs = Request(diagonal=True, sq_norms=True)
@@ -103,5 +171,6 @@ class TICTrace(_TIC):
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "diagonal", "sq_norms")
+        self._check(stats)
         second = stats.sq_norms_sum / stats.batch_size
         return second / (stats.diagonal_sum + self.eps)

@@ -174,13 +174,16 @@ def draw_cockpit(
         lambda: draw_hist2d(main2d, top2d, side2d, corner2d, records),
     )
     for ax, (key, note, ylabel) in zip(curvature, CURVATURE):
-        title(ax, key, note)
+        named = {r[f"{key}_curvature"] for r in records if f"{key}_curvature" in r}
+        title(ax, key, note + "".join(f" ({c})" for c in sorted(named)))
         guarded(
             [ax], key, lambda ax=ax, key=key, y=ylabel: _series_panel(ax, records, key, view, y)
         )
 
     def _tic() -> None:
-        title(tic_diag, "TICDiag & TICTrace", "Takeuchi information criterion")
+        named = sorted({r["TICDiag_curvature"] for r in records if "TICDiag_curvature" in r})
+        note = "Takeuchi information criterion" + "".join(f" ({c})" for c in named)
+        title(tic_diag, "TICDiag & TICTrace", note)
         _series_panel(tic_diag, records, "TICDiag", view, "diag")
         _series_panel(tic_trace, records, "TICTrace", view, "trace")
 
