@@ -137,14 +137,16 @@ def ggn_diagonal(
         (h,) = model_input.args
         for module in _leaves(model):
             if _parametric(module):
-                layers.append(module)
-                patches.append(_layout(module, h.detach()))
+                u = _layout(module, h.detach())
                 h = module(h)
-                outputs.append(h)
+                if h.requires_grad:  # not a frozen layer below every trained one
+                    layers.append(module)
+                    patches.append(u)
+                    outputs.append(h)
             else:
                 h = module(h)
     roots = _loss_hessian_roots(loss_fn, h, target)
-    if roots is None:
+    if roots is None or not outputs:
         return None
     batch = h.shape[0]
     # Without weight sharing (T = 1) the individual gradient of class c is B delta_{n,c} u_n^T:
