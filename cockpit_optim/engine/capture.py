@@ -183,8 +183,7 @@ class Capture:
             if not direct:
                 continue
             names = [monitored[id(p)] for _, p in direct]
-            # parametrized weights are recomputed inside the module: the generic rule handles them
-            factory = None if parametrize.is_parametrized(module) else rule_factory(module)
+            factory = _factory(module, [n for n, _ in direct])
             slot = LayerSlot(module_name, module, names, [n for n, _ in direct], factory)
             self.slots.append(slot)
             hook = _Hook(self, module, self._on_layer)
@@ -386,6 +385,15 @@ class Capture:
                 grads[index] = grad.detach()
 
         return on_grad
+
+
+def _factory(module: nn.Module, local_names: list[str]):
+    """The module's dedicated rule, unless its weights are computed inside it (parametrizations,
+    the older ``weight_norm``): those take the generic rule."""
+    plain = all(n in ("weight", "bias") for n in local_names) and isinstance(
+        getattr(module, "weight", None), nn.Parameter | type(None)
+    )
+    return rule_factory(module) if plain and not parametrize.is_parametrized(module) else None
 
 
 def _remove_handles(handles: list) -> None:

@@ -62,7 +62,10 @@ class CurvatureDiagonals:
         self.problem = "the model is not an nn.Sequential of layers with an exact Hessian diagonal"
         if enabled and curvature in ("exact", "hessian") and isinstance(model, nn.Sequential):
             if not self.piecewise:
-                self.backpack = DiagonalCurvature(model, loss_fn, "exact")
+                try:
+                    self.backpack = DiagonalCurvature(model, loss_fn, "exact")
+                except RuntimeError as error:  # e.g. non-leaf tensors held by the model
+                    self.problem = f"the model cannot be copied for BackPACK ({error})"
 
     # ------------------------------------------------------------------- diagonals
     def _weighted(self, diagonal: list[Tensor], weight: float) -> list[Tensor]:
@@ -74,7 +77,7 @@ class CurvatureDiagonals:
         """The exact Hessian diagonal, where one of the exact paths applies."""
         if self.piecewise:
             by_id = ggn_diagonal(self.model, self.loss_fn, model_input, target)
-            if by_id is not None:
+            if by_id is not None and all(id(p) in by_id for p in self.params):
                 return self._weighted([by_id[id(p)] for p in self.params], weight)
         if self.backpack is not None:
             try:
@@ -93,7 +96,7 @@ class CurvatureDiagonals:
         ``None`` and the reason."""
         if exact is True and self.sequence_ggn:
             by_id = ggn_diagonal(self.model, self.loss_fn, model_input, target)
-            if by_id is not None:
+            if by_id is not None and all(id(p) in by_id for p in self.params):
                 return self._weighted([by_id[id(p)] for p in self.params], weight), "ggn"
         generator = device_generator(self.generator, self.params[0].device)
         monitored = {id(p): n for p, n in zip(self.params, self.names)}
