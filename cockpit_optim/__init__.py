@@ -7,12 +7,13 @@ from . import instruments, schedules
 from .errors import CockpitError, ReadingWarning, UnsupportedLossError, UnsupportedModelError
 from .log import load_log
 from .optimizer import MonitoredOptimizer
-from .plotting import LivePlot, animate, plot, plot_layerwise
+from .plotting import LiveCockpit, LivePlot, animate, plot, plot_layerwise
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CockpitError",
+    "LiveCockpit",
     "LivePlot",
     "MonitoredOptimizer",
     "ReadingWarning",
