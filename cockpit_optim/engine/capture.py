@@ -142,7 +142,8 @@ class Capture:
 
     A capture on parameters that another live capture watches detaches that one (with
     ``replaced`` telling the caller); hooks hold the capture weakly and are removed when it
-    is garbage-collected.
+    is garbage-collected.  A ``replay`` capture (the engine's own, for a replayed pass) detaches
+    nothing and records while other captures are suspended.
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class Capture:
         monitored: dict[int, str],
         on_loss: Callable[[LossCall, Tensor, Tensor], None] | None = None,
         params: list[Tensor] = (),
+        replay: bool = False,
     ) -> None:
         self.armed = False
         self._suspended = 0
@@ -165,7 +167,8 @@ class Capture:
         self.late: list[str] = []  # backward passes that came after their calls were dropped
         self.monitored = set(monitored)
         self._params = list(params)
-        self.replaced = self._replace_watchers(model)
+        self._replay = replay  # the engine's own capture of a replayed pass
+        self.replaced = 0 if replay else self._replace_watchers(model)
         self._handles = [
             model.register_forward_pre_hook(
                 _Hook(self, model, self._on_model_input), with_kwargs=True
@@ -189,7 +192,8 @@ class Capture:
             hook = _Hook(self, module, self._on_layer)
             hook._args = (slot,)
             self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
-        _WATCHERS.setdefault(model, []).append(weakref.ref(self))
+        if not replay:
+            _WATCHERS.setdefault(model, []).append(weakref.ref(self))
         weakref.finalize(self, _remove_handles, list(self._handles))
 
     def _replace_watchers(self, model: nn.Module) -> int:
@@ -207,9 +211,8 @@ class Capture:
 
     @property
     def recording(self) -> bool:
-        return (
-            self.armed and not self._suspended and not _REPLAYS[0] and torch.is_grad_enabled()
-        )
+        replaying = _REPLAYS[0] and not self._replay
+        return self.armed and not self._suspended and not replaying and torch.is_grad_enabled()
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:

@@ -28,7 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .capture import Capture, ModelInput
 from .curvature import replay_rng
 from .layers import SharedLinearRule, _unfold
-from .rules import build_rules
+from .rules import Rows, build_rules
 
 _PARAMETRIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PIECEWISE_LINEAR = (
@@ -220,7 +220,7 @@ def any_ggn_diagonal(
     Monte-Carlo (one pass; ``generator``, on the parameters' device, draws ``z``), or with
     ``exact=None`` exact up to :data:`MAX_EXACT_COLUMNS` entries.  Returns ``(diagonal, "ggn" or
     "mc-ggn")`` or ``(None, reason)``."""
-    capture = Capture(model, loss_fn, monitored)
+    capture = Capture(model, loss_fn, monitored, replay=True)
     capture.armed = True
     try:
         with replay_rng(model_input), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
@@ -248,8 +248,9 @@ def any_ggn_diagonal(
             torch.autograd.grad(
                 output, params, grad_outputs=root(z) / batch, retain_graph=True, allow_unused=True
             )
+            rows = [Rows(capture.forward_index, batch, batch, 1.0)]  # cotangents of 1/B rows
             with capture.suspended():  # the generic rule replays module calls
-                rules, problem = build_rules(capture.slots)
+                rules, problem, _ = build_rules(capture.slots, rows)
             if problem is not None:
                 return None, problem
             for rule, names in rules:

@@ -29,7 +29,7 @@ class Rows:
     forward: int
     rows: int
     count: int
-    factor: Tensor
+    factor: Tensor | float
     index: Tensor | None = None
 
 
