@@ -4,7 +4,9 @@ For each problem, one batch's exact histogram (``max_elements=None``) is compare
 histograms over the same edges: the L1 distance between the normalized histograms (under- and
 overflow included), mean and worst over repeated draws, at the first tracked step and at the next
 one (whose draws are sized by the first), and the time of a step tracking GradHist1d alone relative
-to a plain step, measured in the same process.
+to a plain step, measured in the same process: with the compiled histogram loop (numba, when
+installed) and with the torch path it replaces (identical counts, so identical L1).  The first
+call of the compiled loop (compiling, or loading numba's on-disk cache) is timed and printed.
 
     python experiments/benchmark_histogram.py [--budgets 16 17 18 19 20] [--draws 5]
 """
@@ -12,10 +14,11 @@ to a plain step, measured in the same process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from problems import PROBLEMS, build_problem
@@ -23,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
+from cockpit_optim.engine import fused_histogram
 from cockpit_optim.instruments import GradHist1d
 from cockpit_optim.instruments.histograms import DEFAULT_MAX_ELEMENTS
 
@@ -50,6 +54,18 @@ def histograms(problem, instrument: GradHist1d, seed: int) -> list[tuple[list[in
 def l1(counts: list[int], reference: list[int]) -> float:
     a, b = torch.tensor(counts, dtype=torch.float64), torch.tensor(reference, dtype=torch.float64)
     return float((a / a.sum() - b / b.sum()).abs().sum())
+
+
+@contextlib.contextmanager
+def torch_path(on: bool) -> Iterator[None]:
+    """Bin with torch operations instead of the compiled loop while ``on``."""
+    before = fused_histogram.disabled
+    if on:
+        fused_histogram.disabled = "benchmark: torch path"
+    try:
+        yield
+    finally:
+        fused_histogram.disabled = before
 
 
 def step_ratio(problem, budget: int | None, steps: int) -> float:
@@ -81,6 +97,13 @@ def step_ratio(problem, budget: int | None, steps: int) -> float:
     return statistics.median(ratios)
 
 
+def timed(problem, budget: int | None, steps: int) -> tuple[float, float]:
+    """:func:`step_ratio` with the compiled loop, then with the torch path."""
+    ratio = step_ratio(problem, budget, steps)
+    with torch_path(True):
+        return ratio, step_ratio(problem, budget, steps)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
@@ -102,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reference, record = histograms(problem, GradHist1d(max_elements=None), seed=0)[0]
             bar.update()
             fixed = (record["edges"][0], record["edges"][-1])
-            exact_ratio = step_ratio(problem, None, args.steps)
+            exact_ratio = timed(problem, None, args.steps)
             bar.update()
             exact = [(record["population"], 0.0, 0.0)] * 2
             rows.append((name, "exact", exact, exact_ratio))
@@ -117,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         errors[step].append(l1(counts, reference))
                         binned[step].append(sampled["binned"])
                     bar.update()
-                ratio = step_ratio(problem, budget, args.steps)
+                ratio = timed(problem, budget, args.steps)
                 bar.update()
                 per_step = [
                     (round(statistics.mean(b)), statistics.mean(e), max(e))
@@ -127,16 +150,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(
         "\n| problem | max_elements | first step: binned | L1 mean | L1 worst "
-        "| next step: binned | L1 mean | L1 worst | step / plain |"
+        "| next step: binned | L1 mean | L1 worst | step / plain | torch path: step / plain |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, label, per_step, ratio in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, label, per_step, (ratio, torch_ratio) in rows:
         cells = " | ".join(f"{b:,} | {m:.2%} | {w:.2%}" for b, m, w in per_step)
-        print(f"| {name} | {label} | {cells} | {ratio:.2f}x |")
+        print(f"| {name} | {label} | {cells} | {ratio:.2f}x | {torch_ratio:.2f}x |")
     print(
         f"\nL1 over {args.draws} draws per budget against the exact histogram of one batch "
         f"(batch 128, 100 bins, adaptive range), threads={args.threads}."
     )
+    if fused_histogram.compile_seconds is not None:
+        print(
+            f"Compiled histogram loop: first call {fused_histogram.compile_seconds:.1f} s "
+            "(compiling, or loading numba's on-disk cache)."
+        )
+    else:
+        print("Compiled histogram loop not used (numba not installed): both columns are torch.")
 
 
 if __name__ == "__main__":

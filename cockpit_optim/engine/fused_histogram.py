@@ -74,7 +74,8 @@ def _kernel():
 
 
 def _host(tensor: Tensor) -> np.ndarray:
-    return (tensor if tensor.device.type == "cpu" else tensor.cpu()).numpy()
+    """A numpy view of a CPU tensor (DLPack: shares memory, no copy and no device read)."""
+    return np.from_dlpack((tensor if tensor.device.type == "cpu" else tensor.cpu()).detach())
 
 
 def bin_share(
@@ -83,10 +84,10 @@ def bin_share(
     """:func:`.histogram_draws.bin_share` in one compiled pass (for shares :func:`supports`)."""
     global compile_seconds
     found = factors(share)
-    d = found.d.contiguous().numpy()
-    u = found.u.contiguous().numpy() if found.kind == WEIGHT else d[:0]
+    d = _host(found.d.contiguous())
+    u = _host(found.u.contiguous()) if found.kind == WEIGHT else d[:0]
     empty = np.zeros(0, np.float64)
-    theta_np = theta.detach().double().contiguous().numpy() if param_edges is not None else empty
+    theta_np = _host(theta.detach().double().contiguous()) if param_edges is not None else empty
     start = time.perf_counter() if compile_seconds is None else None
     counts = _kernel()(
         found.kind,

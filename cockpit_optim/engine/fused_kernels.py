@@ -89,6 +89,22 @@ def fused(kind, d, u, theta, scale, exact, count, repeated, keys, g_edges, p_edg
         first, reps, hashed = 0, 0, 0
     else:
         first, reps, hashed = repeated, repeated // pairs, count - repeated
+    if not exact and kind == WEIGHT and positions == 1:  # Linear weights: the common case
+        d2, u2 = d[:, :, 0], u[:, :, 0]
+        for n in range(batch if reps else 0):
+            for r in range(rows):
+                dv = d2[n, r]
+                if row_only and dv == 0:
+                    out[zero] += reps
+                    continue
+                for j in range(reps):
+                    c = (mix(mix((j * pairs + n * rows + r) & MASK32) ^ keys[2]) * cols) >> 32
+                    x = dv if shortcut and dv == 0 else (dv * u2[n, c]) * scale
+                    index = zero if x == 0 else slot(np.float64(x), g_edges, g_inverse)
+                    if two_d:
+                        index += g_width * slot(theta[r * cols + c], p_edges, p_inverse)
+                    out[index] += 1
+        reps = 0  # done
     for n in range(batch if exact or reps else 0):
         for r in range(rows):
             if row_only and d[n, r, 0] == 0:

@@ -21,7 +21,9 @@ class GradHist1d(Instrument):
     """Histogram of the ``B x D`` elements ``g_{n,d}``, network-wide and per parameter.
 
     ``range=None`` bins ``[-6 r, 6 r]`` with ``r`` the root mean square of all elements (reported in
-    ``edges``); elements outside are counted as under/overflow, never dropped or clamped.  With
+    ``edges``; symmetric, with an exact 0 edge for even ``bins``); element ``x`` is in bin ``i`` iff
+    ``edges[i] <= x < edges[i+1]`` (the last bin closed); elements outside are counted as
+    under/overflow, never dropped or clamped.  With
     ``B*D <= max_elements`` every element is binned; above, an unbiased subsample of at most
     ``max_elements`` (``binned < population``), as many as an expected L1 error of 0.75% needs;
     ``max_elements=None`` always bins all.
@@ -58,7 +60,9 @@ class GradHist1d(Instrument):
 class GradHist2d(Instrument):
     """Histogram of the pairs ``(theta_d, g_{n,d})``: ``bins = (parameter bins, gradient bins)``.
 
-    Parameter edges span ``[min theta, max theta]``; gradient edges as in :class:`GradHist1d`.
+    Parameter edges span ``[min theta, max theta]``; gradient edges as in :class:`GradHist1d`;
+    both follow the bin rule of :class:`GradHist1d`.  The pairs are the same elements (all, or the
+    same draws) as GradHist1d's.
     """
 
     name = "GradHist2d"
