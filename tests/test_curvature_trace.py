@@ -107,3 +107,32 @@ def test_deflation_meets_the_tolerance_where_a_few_eigenvalues_dominate():
         plain = float(((signs @ matrix) * signs).sum(1).mean())
         hutchinson_within += abs(plain - exact) <= 0.05 * abs(exact)
     assert within >= 19 and hutchinson_within < 10, (within, hutchinson_within)
+
+
+def test_a_resumed_run_draws_the_same_probes():
+    """The estimate depends on the private generator only: a restored monitor repeats it."""
+    from cockpit_optim import MonitoredOptimizer
+
+    model, loss_fn, x, y = _problem("transformer", 0)
+
+    def monitor():
+        sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+        return MonitoredOptimizer(sgd, model, loss_fn, instruments=["HessTrace"], seed=3)
+
+    def step(opt):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    first = monitor()
+    step(first)
+    state = first.state_dict()
+    step(first)
+    first.close()
+    second = monitor()
+    second.load_state_dict(state)
+    step(second)
+    second.close()
+    a, b = first.history[-1], second.history[-1]
+    assert a["step"] == b["step"] == 1 and a["HessTrace_curvature"] == "estimate"
+    assert a["HessTrace"] == b["HessTrace"] and a["HessTrace_hvps"] == b["HessTrace_hvps"]

@@ -81,7 +81,8 @@ class CurvatureDiagonals:
                 return self._weighted([by_id[id(p)] for p in self.params], weight)
         if self.backpack is not None:
             try:
-                names = [n.removeprefix("module.") for n in self.names]
+                own = {id(p): n for n, p in self.model.named_parameters()}  # DDP: no prefix
+                names = [own[id(p)] for p in self.params]
                 local = self.backpack(self.model, model_input, target, 0, names)
                 return self._weighted(local, weight)
             except Exception as error:  # BackPACK raises for modules it does not support
