@@ -52,7 +52,7 @@ class ProcessGroupCombiner(LocalCombiner):
         sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.world_size)]
         dist.all_gather(sizes, torch.tensor([length], device=device), group=self.group)
         sizes = [int(s) for s in sizes]
-        longest = max(sizes)
+        longest = max(*sizes, 1)  # collectives on zero-size buffers are not reliable
         local = torch.zeros(len(vectors), longest, dtype=torch.float64, device=device)
         for row, vector in zip(local, vectors):
             row[:length] = vector.reshape(-1)
