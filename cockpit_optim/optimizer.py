@@ -10,11 +10,13 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .engine.distributed import combiner_for
 from .engine.request import Request, Statistics
@@ -170,14 +172,14 @@ class MonitoredOptimizer(Optimizer):
 
     def _init_optimizer_hooks(self) -> None:
         """What ``Optimizer.__init__`` sets up besides the parameters (which stay the wrapped
-        optimizer's): step and state-dict hooks, and the profiled ``step``."""
+        optimizer's): step and state-dict hooks (``step`` runs the step hooks itself, without
+        the profiler's wrapper, whose cost untracked steps would pay)."""
         self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
         self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
         self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
         self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._patch_step_function()
 
     def __getstate__(self):
         raise TypeError(
@@ -307,6 +309,23 @@ class MonitoredOptimizer(Optimizer):
 
     # ----------------------------------------------------------------------- step
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """:meth:`_monitored_step` between the step hooks of ``torch.optim.Optimizer``."""
+        args: tuple = () if closure is None else (closure,)
+        kwargs: dict = {}
+        for hook in chain(
+            _global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values()
+        ):
+            result = hook(self, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        loss = self._monitored_step(*args, **kwargs)
+        for hook in chain(
+            self._optimizer_step_post_hooks.values(), _global_optimizer_post_hooks.values()
+        ):
+            hook(self, args, kwargs)
+        return loss
+
+    def _monitored_step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """Evaluate ``closure`` (if given), take the readings due at this step, update.
 
         Every backward pass since the last step (gradient accumulation) belongs to this step's

@@ -28,7 +28,7 @@ def summarize(record: dict) -> list[tuple[str, str]]:
             rows.append((key, f"{value:.4g}" if math.isfinite(value) else str(value)))
         elif key in ("GradHist1d", "GradHist2d"):
             rows.append((key, f"{value['binned']:,}/{value['population']:,} binned"))
-        elif key in ("step", "batch_size", "HessMaxEV_hvps", "curvature"):
+        elif key in ("step", "batch_size") or key.endswith(("_hvps", "_curvature", "_converged")):
             rows.append((key, str(value)))
     return rows
 
