@@ -110,10 +110,9 @@ class _Hook:
     """A hook that holds its capture weakly and acts only for the module it was registered on:
     a copy of the model (``copy.deepcopy``, pickling) gets an inert hook."""
 
-    def __init__(self, capture: Capture, module: nn.Module, method: Callable) -> None:
+    def __init__(self, capture: Capture, module: nn.Module, method: Callable, *args: Any) -> None:
         self._capture, self._module = weakref.ref(capture), weakref.ref(module)
-        self._method = method.__name__
-        self._args: tuple = ()
+        self._method, self._args = method.__name__, args
 
     def __call__(self, module, *args):
         capture = self._capture()
@@ -189,8 +188,7 @@ class Capture:
             factory = _factory(module, [n for n, _ in direct])
             slot = LayerSlot(module_name, module, names, [n for n, _ in direct], factory)
             self.slots.append(slot)
-            hook = _Hook(self, module, self._on_layer)
-            hook._args = (slot,)
+            hook = _Hook(self, module, self._on_layer, slot)
             self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
         if not replay:
             _WATCHERS.setdefault(model, []).append(weakref.ref(self))
@@ -276,12 +274,6 @@ class Capture:
                 )
             batches.append(MicroBatch(calls[0], model_input))
         return batches, None
-
-    @property
-    def model_input(self) -> ModelInput | None:
-        """The model call of the step's only micro-batch (``None`` with zero or several)."""
-        batches, _ = self.micro_batches()
-        return batches[0].model_input if len(batches) == 1 else None
 
     # ------------------------------------------------------------------------------- hooks
     def _drop_stale(self) -> None:
