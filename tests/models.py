@@ -40,3 +40,21 @@ def make_problem(name: str, seed: int = 0):
     else:
         raise ValueError(name)
     return model, loss_fn, batch
+
+
+class StopAt:
+    """A real controller: stops training at the record of step ``step``."""
+
+    instruments = ("Loss",)
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def observe(self, record, optimizer):
+        if record["step"] != self.step:
+            return []
+        optimizer.should_stop, optimizer.stop_reason = True, "test"
+        return [
+            {"controller": "StopAt", "step": self.step, "what": "stop", "from": False,
+             "to": True, "why": "test"}
+        ]  # fmt: skip

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from cockpit_optim.controllers import AdaptiveBatchSampler, CABSBatchSize
+from models import StopAt
 from reference import first_order, individual
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cockpit_optim import CockpitError, MonitoredOptimizer, ReadingWarning
 
 pl = pytest.importorskip("lightning.pytorch")
+
 from cockpit_optim.integrations.lightning import CockpitCallback  # noqa: E402
 
 FIRST_ORDER = ("Loss", "NormTest", "InnerTest", "OrthoTest", "CABS", "EarlyStopping", "MeanGSNR")
@@ -135,22 +137,6 @@ def test_missing_loss_fn_names_the_argument():
     module.loss_fn = None
     with pytest.raises(CockpitError, match=r"CockpitCallback\(loss_fn=\.\.\.\)"):
         _fit(module, [CockpitCallback()])
-
-
-class StopAt:
-    """A real controller: stops training at the record of step ``step``."""
-
-    instruments = ("Loss",)
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def observe(self, record, optimizer):
-        if record["step"] != self.step:
-            return []
-        optimizer.should_stop, optimizer.stop_reason = True, "test"
-        return [{"controller": "StopAt", "step": self.step, "what": "stop", "from": False,
-                 "to": True, "why": "test"}]  # fmt: skip
 
 
 def test_controller_stops_the_trainer():

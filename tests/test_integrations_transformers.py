@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from models import StopAt
 from reference import first_order, individual
 from torch import nn
 
@@ -14,6 +15,7 @@ from cockpit_optim import MonitoredOptimizer, ReadingWarning
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
+
 from cockpit_optim.integrations.transformers import CockpitCallback  # noqa: E402
 
 FIRST_ORDER = ("Loss", "NormTest", "InnerTest", "OrthoTest", "CABS", "EarlyStopping", "MeanGSNR")
@@ -120,22 +122,6 @@ def test_monitored_optimizer_through_optimizers(tmp_path):
     assert callback.monitor is monitor
     assert [r["step"] for r in monitor.history] == [0, 1, 2, 3]
     _check_classifier(model, monitor.history)
-
-
-class StopAt:
-    """A real controller: stops training at the record of step ``step``."""
-
-    instruments = ("Loss",)
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def observe(self, record, optimizer):
-        if record["step"] != self.step:
-            return []
-        optimizer.should_stop, optimizer.stop_reason = True, "test"
-        return [{"controller": "StopAt", "step": self.step, "what": "stop", "from": False,
-                 "to": True, "why": "test"}]  # fmt: skip
 
 
 def test_controller_stops_training(tmp_path):
