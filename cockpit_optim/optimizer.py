@@ -18,16 +18,16 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from .engine.distributed import combiner_for
-from .engine.request import Request, Statistics
+from .contract import Request, Statistics
+from .engine.combiner import combiner_for
 from .engine.statistics import StatisticsEngine
-from .engine.transfer import Deferred, HostTransfer
 from .errors import CockpitError, ReadingWarning, UnsupportedModelError
 from .instruments import Instrument, resolve
-from .instruments.alpha import AlphaObservations, LineObservation
 from .log import LogWriter
 from .losses import SampleLoss, check_loss
+from .pipeline import OpenRecord, RecordPipeline
 from .schedules import Schedule, as_schedule
+from .transfer import HostTransfer
 
 __all__ = ["MonitoredOptimizer"]
 
@@ -48,15 +48,6 @@ def _flat_norm(tensors: Iterable[Tensor]) -> Tensor:
     """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
     norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
     return torch.linalg.vector_norm(torch.stack(norms))
-
-
-#: Marks a record whose readings failed after they were queued: it is dropped, not finished.
-_FAILED = "_failed"
-
-
-def _host(value: Any) -> Any:
-    """The host value of a :class:`Deferred` (values restored from a checkpoint are plain)."""
-    return value.value if isinstance(value, Deferred) else value
 
 
 class MonitoredOptimizer(Optimizer):
@@ -127,9 +118,7 @@ class MonitoredOptimizer(Optimizer):
         self._combiner = combiner_for(process_group)
         rank = self._combiner.rank
         self._generator = torch.Generator().manual_seed(seed)  # the same on every rank
-        self._request = Request()
-        for instrument in self.instruments:
-            self._request = self._request | instrument.request()
+        self._request = self._step_request()
         named = self._monitored_parameters(model, optimizer)
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
@@ -138,28 +127,28 @@ class MonitoredOptimizer(Optimizer):
             loss_fn,
             named,
             self._generator,
+            request=self._request,
             sample_seed=seed + 7919 * (rank + 1),  # histogram draws: per rank, seeded per step
             combiner=self._combiner,
-            curvature=self._curvature_method(),
-            diagonal=self._request.diagonal or self._request.trace is not None,
             batchnorm_approximation=batchnorm_approximation,
-            **self._curvature_options(),
         )
         self._writer = LogWriter(log_dir) if log_dir is not None and rank == 0 else None
         self.writers = list(writers) if rank == 0 else []
-        self._live_plot = None
+        live_plot = None
         if plot_every is not None and rank == 0:
             if log_dir is None:
                 raise ValueError("plot_every needs a log_dir to draw cockpit.png into")
             from .plotting import LivePlot
 
-            self._live_plot = LivePlot(log_dir, every=plot_every, listeners=self.writers)
-        self.history: list[dict] = []
+            live_plot = LivePlot(log_dir, every=plot_every, listeners=self.writers)
+        self._records = RecordPipeline(
+            self, self.controllers, self._combiner, self._writer, self.writers, live_plot
+        )
         self.should_stop = False
         self.stop_reason: str | None = None
         self._step = 0
         self._theta0: list[Tensor] | None = None
-        self._pending: dict | None = None
+        self._open: OpenRecord | None = None  # the record waiting for a later step
         self._read_at = -1  # the step of the last host read
         if self.engine.capture.replaced:
             warnings.warn(
@@ -226,28 +215,36 @@ class MonitoredOptimizer(Optimizer):
         )
 
     def close(self) -> None:
-        """End of training: complete a record still waiting for its Alpha (which then reads
-        ``nan``), draw the final live plot (if any) and detach from the model.  Safe to call
-        twice; a monitor left open is closed at interpreter exit."""
+        """End of training: finish a record still waiting for a later step (those readings are
+        ``nan``), draw the final live plot (if any), close the writers and detach from the
+        model.  Safe to call twice; a monitor left open is closed at interpreter exit."""
         if self._closed:
             return
         self._closed = True
         _OPEN.discard(self)
         self.engine.transfer.read()
-        if self._pending is not None:
-            record, self._pending = self._pending["record"], None
-            record["Alpha"] = float("nan")
-            self._finish(record)
-        if self._live_plot is not None:
-            self._live_plot.close(self.history)
-        for writer in self.writers:
-            writer.close()
+        if self._open is not None:
+            record, self._open = self._open, None
+            for instrument in record.waiting:
+                instrument.abandon()
+                record.values[instrument.name] = math.nan
+            self._records.finish(record)
+        self._records.close()
         self.remove_hooks()
 
     def remove_hooks(self) -> None:
         """Detach from the model and loss (e.g. before wrapping the same model again)."""
         self.engine.capture.remove()
         self.engine.capture.armed = False
+
+    @property
+    def history(self) -> list[dict]:
+        """Every complete record, oldest first."""
+        return self._records.history
+
+    @history.setter
+    def history(self, records: list[dict]) -> None:
+        self._records.history = records
 
     @property
     def readings(self) -> dict:
@@ -279,22 +276,12 @@ class MonitoredOptimizer(Optimizer):
             raise CockpitError("the optimizer holds no trainable parameter of the model")
         return named
 
-    def _curvature_method(self) -> str:
-        methods = {i.curvature for i in self.instruments if hasattr(i, "curvature")}
-        if len(methods) > 1:
-            raise ValueError(f"curvature instruments disagree on the method: {sorted(methods)}")
-        return methods.pop() if methods else "exact"
-
-    def _curvature_options(self) -> dict:
-        options = {}
+    def _step_request(self) -> Request:
+        """The union of the instruments' requests (options and warm starts as of now)."""
+        request = Request()
         for instrument in self.instruments:
-            if instrument.name == "HessMaxEV":
-                options.update(eigen_rtol=instrument.rtol, eigen_max_iter=instrument.max_iter)
-            if hasattr(instrument, "probes"):
-                options["hutchinson_probes"] = max(
-                    instrument.probes, options.get("hutchinson_probes", 0)
-                )
-        return options
+            request = request | instrument.request()
+        return request
 
     def _records_at(self, step: int) -> bool:
         return self._tracked(step) and self._request.captures
@@ -305,7 +292,7 @@ class MonitoredOptimizer(Optimizer):
     def _arm(self) -> None:
         """Record the next step's forward/backward only if that step needs it."""
         self.engine.capture.clear()
-        self.engine.capture.armed = self._records_at(self._step) or self._pending is not None
+        self.engine.capture.armed = self._records_at(self._step) or self._open is not None
 
     # ----------------------------------------------------------------------- step
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -332,7 +319,7 @@ class MonitoredOptimizer(Optimizer):
         batch.  A closure is evaluated once for the readings and that evaluation is handed to
         the wrapped optimizer as its first; later evaluations (``LBFGS``) are not recorded.
         Statistics stay on the device until one host read per step (after the update; before
-        it when a completed Alpha must reach controllers first), after which the instruments
+        it when a completed record must reach controllers first), after which the instruments
         compute and records are finished.  The update is always taken, as the bare optimizer
         would take it, whatever a reading does."""
         if self._closed:
@@ -393,46 +380,46 @@ class MonitoredOptimizer(Optimizer):
 
         self.optimizer.step(evaluated_once)
 
-    def _skip(self, t: int, error: Exception, record: dict | None = None) -> None:
-        """Warn that step ``t``'s readings failed; drop ``record`` (and a pending Alpha: all of
-        them without a record, else only the record's own)."""
+    def _skip(self, t: int, error: Exception, record: OpenRecord | None = None) -> None:
+        """Warn that step ``t``'s readings failed; drop ``record`` (and the record waiting for a
+        later step: all of them without a record, else only the record's own)."""
         warnings.warn(
             f"readings of step {t} failed and are skipped: {error!r}", ReadingWarning, stacklevel=3
         )
         if record is not None:
-            record[_FAILED] = True
-        if self._pending is not None and (record is None or self._pending["record"] is record):
-            self._pending = None
+            record.failed = True
+        if self._open is not None and (record is None or self._open is record):
+            for instrument in self._open.waiting:
+                instrument.abandon()
+            self._open = None
 
     def _read(self) -> None:
         """The step's host read: resolves every queued value and runs what waited for them."""
         self._read_at = self._step
         self.engine.transfer.read()
 
-    def _then(self, record: dict, callback: Callable[[], None]) -> None:
+    def _then(self, record: OpenRecord, callback: Callable[[], None]) -> None:
         """Run ``callback`` after the next read; a failure skips ``record`` only."""
 
         def guarded() -> None:
             try:
                 callback()
             except Exception as error:
-                self._skip(record["step"], error, record)
+                self._skip(record.step, error, record)
 
         self.engine.transfer.then(guarded)
-
-    def _has_alpha(self) -> bool:
-        return any(i.name == "Alpha" for i in self.instruments)
 
     def _lr(self) -> float:
         return float(self.param_groups[0].get("lr", math.nan))
 
-    def _before_update(self, t: int, tracked: bool) -> tuple[dict | None, Statistics | None]:
-        completing = self._pending is not None
-        if not tracked and not completing:
+    def _before_update(self, t: int, tracked: bool) -> tuple[OpenRecord | None, Statistics | None]:
+        completing = self._open
+        if not tracked and completing is None:
             return None, None
-        request = self._request if tracked else Request(losses=True, projection=True)
-        direction = self._pending["direction"] if completing else None
-        stats = self.engine.collect(request, self._lr(), direction, step=t)
+        request = self._step_request() if tracked else Request()
+        for instrument in completing.waiting if completing is not None else ():
+            request = request | (instrument.pending() or Request())
+        stats = self.engine.collect(request, self._lr(), step=t)
         record = None
         failed: dict[str, str] = {}
         if tracked:
@@ -440,139 +427,121 @@ class MonitoredOptimizer(Optimizer):
                 distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
                 stats.distance = self.engine.transfer.defer(distance)
             for instrument in self.instruments:
-                if not instrument.after_update:
+                if not (instrument.after_update or instrument.completes_later):
                     try:
                         instrument.prepare(stats)
                     except Exception as error:  # only this instrument's reading is lost
                         failed[instrument.name] = repr(error)
-        if completing:
-            self._complete_alpha(stats)
+        if completing is not None:
+            self._complete(completing, stats)
         if tracked:
-            record = {"step": t}
+            record = OpenRecord({"step": t})
             self._then(record, lambda: self._fill(record, stats, failed))
-        if completing and self.controllers:
+        if completing is not None and self.controllers:
             self._read()  # controllers act on the completed record before this update
         return record, stats
 
-    def _fill(self, record: dict, stats: Statistics, failed: dict[str, str]) -> None:
+    def _fill(self, record: OpenRecord, stats: Statistics, failed: dict[str, str]) -> None:
         """Read the instruments computed before the update into ``record`` (after the read)."""
         stats.lr = self._lr()  # a controller may have changed it before this update
-        record["lr"] = stats.lr
+        record.values["lr"] = stats.lr
         if self.engine.approximate:
-            record["approximate"] = True
+            record.values["approximate"] = True
         if stats.batch_size:
-            record["batch_size"] = stats.batch_size
+            record.values["batch_size"] = stats.batch_size
         stats.resolve()
         for instrument in self.instruments:
-            if not instrument.after_update:
-                self._take(instrument, stats, record, failed.get(instrument.name))
+            if not (instrument.after_update or instrument.completes_later):
+                self._take(instrument, record, failed.get(instrument.name), instrument.read, stats)
 
     def _take(
-        self, instrument: Instrument, stats: Statistics, record: dict, failure: str | None = None
+        self,
+        instrument: Instrument,
+        record: OpenRecord,
+        failure: str | None,
+        read: Callable[..., Any],
+        *args: Any,
     ) -> None:
-        """``record[instrument.name]``; an instrument that fails reads ``nan`` (with a warning
-        naming the cause) and the rest of the record stays."""
+        """``record[instrument.name] = read(*args)`` (with the instrument's extras); an
+        instrument that fails reads ``nan`` (with a warning naming the cause) and the rest of
+        the record stays."""
         if failure is None:
             try:
-                record[instrument.name] = instrument.read(stats)
-                if hasattr(instrument, "extras"):
-                    record.update(instrument.extras(stats))
+                record.values[instrument.name] = read(*args)
+                if args:
+                    record.values.update(instrument.extras(*args))
                 return
             except Exception as error:
                 failure = repr(error)
-        record[instrument.name] = math.nan
+        record.values[instrument.name] = math.nan
         warnings.warn(
-            f"{instrument.name} of step {record['step']} failed and reads nan: {failure}",
+            f"{instrument.name} of step {record.step} failed and reads nan: {failure}",
             ReadingWarning,
             stacklevel=2,
         )
 
-    def _after_update(self, t: int, record: dict, stats: Statistics, before) -> None:
-        transfer = self.engine.transfer
+    def _after_update(
+        self, t: int, record: OpenRecord, stats: Statistics, before: list[Tensor] | None
+    ) -> None:
+        """After-update instruments, and readings that complete at the next step begun."""
         after = Statistics(
-            batch_size=stats.batch_size, names=self._names, lr=stats.lr, transfer=transfer
+            batch_size=stats.batch_size,
+            names=self._names,
+            lr=stats.lr,
+            losses=stats.losses,
+            transfer=self.engine.transfer,
+            project=stats.project,
         )
-        alpha = False
         if before is not None:
-            update = [p.detach() - b for p, b in zip(self._params, before)]
-            size = _flat_norm(update)
-            after.update_size = transfer.defer(size)
-            if self._has_alpha():
-                self._start_alpha(record, stats, update, size, after.update_size)
-                alpha = True
+            after.update = [p.detach() - b for p, b in zip(self._params, before)]
+        else:
+            after.unavailable["update"] = "no instrument asked for the update"
+        failed: dict[str, str] = {}
+        for instrument in self.instruments:
+            try:
+                if instrument.after_update:
+                    instrument.prepare(after)
+                elif instrument.completes_later:
+                    instrument.begin(after)
+                    record.waiting.append(instrument)
+            except Exception as error:
+                failed[instrument.name] = repr(error)
+        if record.waiting:
+            self._open = record
 
         def conclude() -> None:
             after.resolve()
             for instrument in self.instruments:
-                if instrument.after_update and instrument.name != "Alpha":
-                    self._take(instrument, after, record)
-            if not alpha:
-                self._finish(record)
+                if instrument.after_update:
+                    self._take(
+                        instrument, record, failed.get(instrument.name), instrument.read, after
+                    )
+                elif instrument.name in failed:
+                    self._take(instrument, record, failed[instrument.name], instrument.read)
+            if not record.waiting:
+                self._records.finish(record)
 
         self._then(record, conclude)
 
-    # ---------------------------------------------------------------------- Alpha
-    def _start_alpha(
-        self, record: dict, stats: Statistics, update: list[Tensor], size: Tensor, deferred
-    ) -> None:
-        """Alpha of this step waits for the next one; its direction ``update / ||update||``
-        stays on the device (a zero update is caught when the size is read)."""
-        direction = [u / size for u in update]
-        start = None
-        projections = self.engine.project(direction)
-        if stats.batch_size >= 2 and projections is not None:
-            start = LineObservation.deferred(self.engine.transfer, stats.losses, projections)
-        self._pending = {"record": record, "size": deferred, "direction": direction, "start": start}
+    def _complete(self, record: OpenRecord, stats: Statistics) -> None:
+        """Queue the completion of ``record``'s waiting readings on this step's statistics; the
+        record is finished after the read."""
+        self._open = None
+        failed: dict[str, str] = {}
+        for instrument in record.waiting:
+            try:
+                instrument.complete(stats)
+            except Exception as error:
+                instrument.abandon()
+                failed[instrument.name] = repr(error)
 
-    def _complete_alpha(self, stats: Statistics) -> None:
-        pending, self._pending = self._pending, None
-        end = None
-        if stats.projection is not None and stats.batch_size >= 2:
-            end = LineObservation.deferred(self.engine.transfer, stats.losses, stats.projection)
-        reason = stats.unavailable.get("projection", "batch size below 2")
-        batch_size = stats.batch_size
-        record, size, start = pending["record"], pending["size"], pending["start"]
-        del pending  # its direction (parameter-sized) is not needed any more
+        def conclude() -> None:
+            for instrument in record.waiting:
+                self._take(instrument, record, failed.get(instrument.name), instrument.read_pending)
+            record.waiting = []
+            self._records.finish(record)
 
-        def complete() -> None:
-            alpha_stats = Statistics(batch_size=batch_size, names=self._names, lr=self._lr())
-            alpha_stats.alpha = AlphaObservations(_host(size), _host(start), _host(end))
-            alpha_stats.unavailable["alpha"] = reason
-            for instrument in self.instruments:
-                if instrument.name == "Alpha":
-                    record["Alpha"] = instrument.read(alpha_stats)
-            self._finish(record)
-
-        self._then(record, complete)
-
-    # -------------------------------------------------------------------- records
-    def _finish(self, record: dict) -> None:
-        if record.pop(_FAILED, False):
-            return
-        actions = []
-        for controller in self.controllers:
-            actions.extend(controller.observe(record, self) or [])
-        if self._combiner.world_size > 1 and self.controllers:
-            self._follow_rank0()  # every rank applies rank 0's decisions
-        if actions:
-            record["actions"] = actions
-        self.history.append(record)
-        if self._writer is not None:
-            self._writer.write(record)
-        for writer in self.writers:
-            writer.write(record)
-        if self._live_plot is not None:
-            self._live_plot.update(self.history)
-
-    def _follow_rank0(self) -> None:
-        """Take rank 0's learning rates and stop decision (controllers decide identically from
-        identical records; this makes it a guarantee)."""
-        decision = self._combiner.broadcast_object(
-            ([g["lr"] for g in self.param_groups], self.should_stop, self.stop_reason)
-        )
-        for group, lr in zip(self.param_groups, decision[0]):
-            group["lr"] = lr
-        self.should_stop, self.stop_reason = decision[1], decision[2]
+        self._then(record, conclude)
 
     # ---------------------------------------------------------------- state dicts
     def state_dict(self) -> dict:
@@ -595,17 +564,14 @@ class MonitoredOptimizer(Optimizer):
             hook(self)
 
     def _state(self) -> dict:
-        """The wrapped optimizer's state plus the monitor's (step, theta_0, pending Alpha data,
-        private generator, Lanczos warm start, histogram draw size, history, controllers)."""
-        self.engine.transfer.read()  # values still on their way (a pending Alpha's start)
+        """The wrapped optimizer's state plus the monitor's (step, theta_0, the record waiting for
+        a later step, private generator, instruments' states, history, controllers)."""
+        self.engine.transfer.read()  # values still on their way (a begun reading's start)
         pending = None
-        if self._pending is not None:
-            start = _host(self._pending["start"])
+        if self._open is not None:
             pending = {
-                "record": self._pending["record"],
-                "size": _host(self._pending["size"]),
-                "direction": self._pending["direction"],
-                "start": None if start is None else vars(start).copy(),
+                "record": self._open.values,
+                "waiting": [i.name for i in self._open.waiting],
             }
         return {
             "optimizer": self.optimizer.state_dict(),
@@ -616,8 +582,7 @@ class MonitoredOptimizer(Optimizer):
                 "theta0": self._theta0,
                 "pending": pending,
                 "generator": self._generator.get_state(),
-                "eigenvector": self.engine.eigenvector,
-                "histogram_draws": self.engine.histogram_draws,
+                "instruments": {i.name: i.state_dict() for i in self.instruments},
                 "history": list(self.history),
                 "controllers": [
                     c.state_dict() for c in self.controllers if hasattr(c, "state_dict")
@@ -640,28 +605,26 @@ class MonitoredOptimizer(Optimizer):
         self.should_stop = bool(monitor.get("should_stop", False))
         self.stop_reason = monitor.get("stop_reason")
         self._theta0 = _like_params(monitor["theta0"], self._params)
-        pending = monitor["pending"]
-        if pending is not None:
-            start = pending["start"]
-            pending = {
-                **pending,
-                "start": None if start is None else LineObservation(**start),
-                "direction": _like_params(pending["direction"], self._params),
-            }
-        self._pending = pending
         self._generator.set_state(monitor["generator"].cpu())
-        vector = monitor["eigenvector"]
-        self.engine.eigenvector = None if vector is None else vector.to(self._params[0].device)
-        self.engine.histogram_draws = int(
-            monitor.get("histogram_draws", self.engine.histogram_draws)
-        )
+        states = monitor.get("instruments", {})
+        for instrument in self.instruments:
+            state = dict(states.get(instrument.name, {}))
+            if isinstance(state.get("direction"), list):
+                state["direction"] = _like_params(state["direction"], self._params)
+            instrument.load_state_dict(state)
+        pending = monitor["pending"]
+        self._open = None
+        if pending is not None and "waiting" in pending:
+            by_name = {i.name: i for i in self.instruments}
+            waiting = [by_name[n] for n in pending["waiting"] if n in by_name]
+            self._open = OpenRecord(pending["record"], waiting) if waiting else None
         self.history = list(monitor["history"])
         for controller, state in zip(
             [c for c in self.controllers if hasattr(c, "load_state_dict")], monitor["controllers"]
         ):
             controller.load_state_dict(state)
         if self._writer is not None:
-            first_open = pending["record"]["step"] if pending is not None else self._step
+            first_open = self._open.step if self._open is not None else self._step
             self._writer.drop_from(first_open)
         self._arm()
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from problems import build_problem
 
-from cockpit_optim.engine.curvature import HessianVectorProduct, hutchinson
+from cockpit_optim.engine.hessian import HessianVectorProduct, hutchinson
 from cockpit_optim.engine.trace import deflated_trace
 
 

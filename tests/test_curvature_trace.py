@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from cockpit_optim.engine.curvature import HessianVectorProduct
+from cockpit_optim.engine.hessian import HessianVectorProduct
 from cockpit_optim.engine.trace import deflated_trace
 
 

@@ -15,9 +15,9 @@ from torch import nn
 
 from cockpit_optim import MonitoredOptimizer
 from cockpit_optim.engine import fused_histogram, histogram_draws
+from cockpit_optim.engine.binning import ElementSample, bin_edges
 from cockpit_optim.engine.histogram_draws import Share
-from cockpit_optim.engine.histograms import ElementSample, bin_edges
-from cockpit_optim.engine.layers import MaterializedRule
+from cockpit_optim.engine.rules import MaterializedRule
 from cockpit_optim.instruments import GradHist1d, GradHist2d
 
 BINS = 100

@@ -11,9 +11,9 @@ import torch
 from models import make_problem
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
-from cockpit_optim.engine.request import Request
-from cockpit_optim.engine.transfer import HostTransfer
+from cockpit_optim.contract import Request
 from cockpit_optim.instruments import BUSINESS, ECONOMY, GradHist1d, GradHist2d, Instrument
+from cockpit_optim.transfer import HostTransfer
 
 _READS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
 # Cross-entropy may ignore targets (ignore_index): whether any target of the step is ignored

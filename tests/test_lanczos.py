@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cockpit_optim.engine import curvature
-from cockpit_optim.engine.curvature import lanczos_max_eigenvalue
+from cockpit_optim.engine import hessian as curvature
+from cockpit_optim.engine.hessian import lanczos_max_eigenvalue
 
 
 def _operator(dim: int, top: list[float], seed: int) -> torch.Tensor:

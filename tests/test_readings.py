@@ -187,7 +187,7 @@ def test_exact_diagonal_of_piecewise_linear_networks_for_each_loss(loss_name):
     opt.zero_grad()
     loss_fn(model(x), y).backward()
     opt.step()
-    assert opt.engine._ggn_exact
+    assert opt.engine.second_order.diagonals.piecewise
     record = opt.history[0]
     _, grads = ref.individual(model, loss_fn, params, x, y)
     expected = ref.curvature(ref.dense_hessian(model, loss_fn, params, x, y), grads)

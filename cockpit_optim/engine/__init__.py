@@ -1,6 +1,7 @@
-"""The statistics engine: hooks, per-layer rules, histograms, curvature, distributed combination."""
+"""The statistics engine: hooks, per-layer rules, first-order statistics, the histogram sampler,
+curvature and the combination over ranks.  It fills in :mod:`cockpit_optim.contract`."""
 
-from .request import HistogramRequest, Request, Statistics
+from .rules import LayerRule, MaterializedRule, SharedLinearRule, register_rule
 from .statistics import StatisticsEngine
 
-__all__ = ["HistogramRequest", "Request", "Statistics", "StatisticsEngine"]
+__all__ = ["LayerRule", "MaterializedRule", "SharedLinearRule", "StatisticsEngine", "register_rule"]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .layers import rule_factory
+from .rules import rule_for
 
 
 @dataclass
@@ -172,16 +172,16 @@ class Capture:
             model.register_forward_pre_hook(
                 _Hook(self, model, self._on_model_input), with_kwargs=True
             ),
-            model.register_forward_hook(_Hook(self, model, self._on_model_output), with_kwargs=True),
+            model.register_forward_hook(
+                _Hook(self, model, self._on_model_output), with_kwargs=True
+            ),
         ]
         if self._sample_loss is None:
             self._handles.append(loss_fn.register_forward_hook(_Hook(self, loss_fn, self._on_loss)))
         for module_name, module in model.named_modules():
             if _inside_parametrization(module_name):
                 continue
-            direct = [
-                (n, p) for n, p in _direct_parameters(module) if id(p) in monitored
-            ]
+            direct = [(n, p) for n, p in _direct_parameters(module) if id(p) in monitored]
             if not direct:
                 continue
             names = [monitored[id(p)] for _, p in direct]
@@ -321,7 +321,9 @@ class Capture:
             self._record_loss(args[0], args[1], output)
 
     def _record_loss(self, prediction: Tensor, target: Tensor, value: Tensor | None) -> None:
-        call = LossCall(self.forward_index, prediction.detach(), target.detach(), prediction.grad_fn)
+        call = LossCall(
+            self.forward_index, prediction.detach(), target.detach(), prediction.grad_fn
+        )
         self.loss_calls.append(call)
 
         def on_value_grad(grad: Tensor) -> None:
@@ -383,12 +385,12 @@ class Capture:
 
 
 def _factory(module: nn.Module, local_names: list[str]):
-    """The module's dedicated rule, unless its weights are computed inside it (parametrizations,
-    the older ``weight_norm``): those take the generic rule."""
-    plain = all(n in ("weight", "bias") for n in local_names) and isinstance(
-        getattr(module, "weight", None), nn.Parameter | type(None)
-    )
-    return rule_factory(module) if plain and not parametrize.is_parametrized(module) else None
+    """The module's registered rule, unless its weight is computed inside it (the older
+    ``weight_norm``; parametrizations are checked by the registry): those take the generic rule."""
+    weight = getattr(module, "weight", None)
+    if weight is not None and not isinstance(weight, nn.Parameter):
+        return None
+    return rule_for(module, local_names)
 
 
 def _remove_handles(handles: list) -> None:

@@ -16,7 +16,7 @@ ggn        ``Tr(G)``, exact                            exact GGN diagonal
 mc-ggn     ``Tr`` of the Monte-Carlo GGN diagonal      Monte-Carlo GGN diagonal
 =========  ==========================================  =========================================
 
-The curvature used is named in the statistics (``trace.curvature``, ``diagonal_method``).
+The curvature used is named in the statistics (``trace.curvature``, ``curvature_name``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..contract import CURVATURES, TraceEstimate
 from .capture import ModelInput
-from .curvature import DiagonalCurvature, hutchinson
 from .ggn import any_ggn_diagonal, ggn_diagonal
 from .ggn import supports as ggn_supports
-from .trace import TraceEstimate, deflated_trace, device_generator
-
-CURVATURES = ("exact", "hessian", "ggn", "mc-ggn")
+from .hessian import DiagonalCurvature, hutchinson
+from .trace import deflated_trace, device_generator
 
 
 class CurvatureDiagonals:

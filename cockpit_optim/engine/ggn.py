@@ -26,11 +26,9 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .capture import Capture, ModelInput
-from .curvature import replay_rng
-from .layers import SharedLinearRule, _unfold
-from .rules import Rows, build_rules
+from .hessian import replay_rng
+from .rules import Rows, SharedLinearRule, build_rules, layout_for
 
-_PARAMETRIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PIECEWISE_LINEAR = (
     nn.ReLU,
     nn.LeakyReLU,
@@ -63,7 +61,8 @@ def _leaves(model: nn.Module) -> list[nn.Module]:
 
 
 def _parametric(module: nn.Module) -> bool:
-    return isinstance(module, _PARAMETRIC) and getattr(module, "groups", 1) == 1
+    """A layer ``z_t = W u_t + b`` with a registered layout (Linear, convolutions)."""
+    return layout_for(module) is not None
 
 
 def supports(model: nn.Module, loss_fn: nn.Module, method: str) -> bool:
@@ -110,21 +109,6 @@ def _loss_hessian_roots(loss_fn: nn.Module, output: Tensor, target: Tensor) -> T
     return roots.reshape(size, *output.shape)
 
 
-def _layout(module: nn.Module, inputs: Tensor) -> Tensor:
-    """Patches ``(B, p, T)`` of a Linear or convolution input."""
-    batch = inputs.shape[0]
-    if isinstance(module, nn.Linear):
-        return inputs.reshape(batch, -1, module.in_features).transpose(1, 2)
-    return _unfold(module, inputs)
-
-
-def _deltas(module: nn.Module, grad: Tensor) -> Tensor:
-    batch = grad.shape[0]
-    if isinstance(module, nn.Linear):
-        return grad.reshape(batch, -1, module.out_features).transpose(1, 2)
-    return grad.reshape(batch, module.out_channels, -1)
-
-
 def ggn_diagonal(
     model: nn.Sequential, loss_fn: nn.Module, model_input: ModelInput, target: Tensor
 ) -> dict[int, Tensor] | None:
@@ -137,7 +121,7 @@ def ggn_diagonal(
         (h,) = model_input.args
         for module in _leaves(model):
             if _parametric(module):
-                u = _layout(module, h.detach())
+                u = layout_for(module).patches(module, h.detach())
                 h = module(h)
                 if h.requires_grad:  # not a frozen layer below every trained one
                     layers.append(module)
@@ -161,7 +145,8 @@ def ggn_diagonal(
                 square = (batch * grad.reshape(batch, -1)).square_()
                 squares[i] = squares[i].add_(square) if i in squares else square
             else:
-                rule = SharedLinearRule(module.weight, module.bias, u, _deltas(module, grad))
+                deltas = layout_for(module).deltas(module, grad)
+                rule = SharedLinearRule(module.weight, module.bias, u, deltas)
                 _accumulate(diagonal, module, rule.second_moments())
     for i, square in squares.items():
         module, u = layers[i], patches[i]
@@ -254,9 +239,9 @@ def any_ggn_diagonal(
             if problem is not None:
                 return None, problem
             for rule, names in rules:
-                reduction = rule.reduce(sq_norms=False, sgs=True, mean_dots=False)
-                for name, sgs in zip(names, reduction.sgs):
-                    value = sgs.detach() / batch
+                reduction = rule.reduce(sq_norms=False, sum_sq_grads=True, mean_dots=False)
+                for name, sum_sq_grads in zip(names, reduction.sum_sq_grads):
+                    value = sum_sq_grads.detach() / batch
                     diagonal[name] = diagonal[name].add_(value) if name in diagonal else value
         return diagonal, "ggn" if exact else "mc-ggn"
     finally:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .layers import LayerRule, MaterializedRule, SharedLinearRule
+from .rules import LayerRule, MaterializedRule, SharedLinearRule
 
 MASK32 = 0xFFFFFFFF
 # Multipliers of the mixer: odd (so it is invertible mod 2^32) and below 2^31, so every product

@@ -19,8 +19,7 @@ from torch import Tensor
 
 from ..losses import elementwise_loss, rows_are_samples, sample_losses, valid_targets
 from .capture import Capture, LossCall, MicroBatch, ModelInput
-from .layers import LayerRule, MaterializedRule
-from .rules import Rows, build_rules
+from .rules import LayerRule, MaterializedRule, Rows, build_rules
 
 #: Individual gradients computed at the loss call: at most this many elements per micro-batch.
 SAMPLE_GRAD_ELEMENTS = 2**26
@@ -111,9 +110,7 @@ def _individual_gradients(losses: Tensor, params: list[Tensor]) -> list[Tensor]:
     return [torch.cat(column).detach() for column in zip(*pieces)]
 
 
-def assemble(
-    loss_fn: Any, capture: Capture, params: list[Tensor], names: list[str]
-) -> StepSamples:
+def assemble(loss_fn: Any, capture: Capture, params: list[Tensor], names: list[str]) -> StepSamples:
     """Individual losses and gradient rules of every micro-batch the step consumed."""
     batches, problem = capture.micro_batches()
     out = StepSamples(batches=batches)

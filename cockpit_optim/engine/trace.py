@@ -20,26 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..contract import TraceEstimate
+
 #: Probes drawn before the first check of the tolerance, and between two checks (one host read).
 MIN_PROBES = 8
 ROUND = 4
-
-
-@dataclass
-class TraceEstimate:
-    """``value`` with its standard error, the Hessian-vector products spent, whether the
-    standard error met the tolerance (exact values have ``stderr == 0``), and the curvature."""
-
-    value: float
-    stderr: float
-    products: int
-    converged: bool
-    curvature: str = "estimate"
 
 
 def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine.request import Request, Statistics
-from ..engine.transfer import Deferred, HostTransfer
+from ..contract import Projection, Request, Statistics
 from ..errors import warn_reading
+from ..transfer import Deferred, HostTransfer
 from .base import Instrument, Unavailable, require
 
 #: Replacement for an observed variance of exactly zero.
@@ -72,29 +73,102 @@ def fit_alpha(step: float, start: LineObservation, end: LineObservation) -> floa
 
 @dataclass(frozen=True)
 class AlphaObservations:
-    """Both ends of update t: ``theta_t`` on batch t and ``theta_{t+1}`` on batch t+1."""
+    """Both ends of update t: ``theta_t`` on batch t and ``theta_{t+1}`` on batch t+1 (before the
+    step's read, ``Deferred`` values)."""
 
-    step: float
-    start: LineObservation | None
-    end: LineObservation | None
+    step: Any
+    start: Any
+    end: Any
 
 
 class Alpha(Instrument):
     """Normalized step on the noisy quadratic fit along the update actually taken (any optimizer);
-    belongs to step t and is completed during step t+1."""
+    belongs to step t and is completed during step t+1.
+
+    After update t it keeps the direction ``u = update / ||update||`` on the device and the
+    start observation (``l_n`` and ``g_n . u`` on batch t, at ``theta_t``); step t+1 projects its
+    individual gradients on ``u`` (at ``theta_{t+1}``, on batch t+1) for the end observation."""
 
     name = "Alpha"
-    needs = Request(losses=True, update=True, projection=True)
-    after_update = True
+    needs = Request(losses=True, update=True)
+    completes_later = True
+    panel = "step size"
 
-    def compute(self, stats: Statistics) -> float:
-        require(stats, "alpha")
-        obs: AlphaObservations = stats.alpha
+    def __init__(self) -> None:
+        self._begun: _Begun | None = None  # the reading of the last update
+        self._ending: AlphaObservations | None = None  # being completed at this step
+        self._reason = "batch size below 2"
+
+    def begin(self, stats: Statistics) -> None:
+        require(stats, "update")
+        norm = stats.reduce("update_size")  # a zero update is caught when it is read
+        direction = [u / norm.to(u.dtype) for u in stats.update]
+        start = None
+        projections = stats.project(direction) if stats.project is not None else None
+        if stats.batch_size >= 2 and projections is not None and stats.losses is not None:
+            start = LineObservation.deferred(stats.transfer, stats.losses, projections)
+        self._begun = _Begun(direction, stats.transfer.defer(norm), start)
+
+    def pending(self) -> Request | None:
+        if self._begun is None or self._begun.direction is None:
+            return None
+        return Request(losses=True, projection=Projection(tuple(self._begun.direction)))
+
+    def complete(self, stats: Statistics) -> None:
+        begun, self._begun = self._begun, None
+        end = None
+        if stats.projection is not None and stats.batch_size >= 2:
+            end = LineObservation.deferred(stats.transfer, stats.losses, stats.projection)
+        self._reason = stats.unavailable.get("projection", "batch size below 2")
+        self._ending = AlphaObservations(begun.size, begun.start, end)
+
+    def conclude(self) -> float:
+        ending, self._ending = self._ending, None
+        obs = AlphaObservations(_host(ending.step), _host(ending.start), _host(ending.end))
         if obs.step == 0.0:
             raise Unavailable("the update is zero")
         if obs.start is None or obs.end is None:
-            raise Unavailable(stats.unavailable.get("alpha", "batch size below 2"))
+            raise Unavailable(self._reason)
         values = (obs.start.loss, obs.end.loss, obs.start.slope, obs.end.slope)
         if not all(math.isfinite(v) for v in values):
             raise Unavailable("non-finite loss or gradient")
         return fit_alpha(obs.step, obs.start, obs.end)
+
+    def abandon(self) -> None:
+        self._begun = None
+
+    def state_dict(self) -> dict:
+        """A begun reading: the update's size and direction and the start observation."""
+        if self._begun is None:
+            return {}
+        start = _host(self._begun.start)
+        return {
+            "size": _host(self._begun.size),
+            "direction": self._begun.direction,
+            "start": None if start is None else vars(start).copy(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._begun = None
+        if state:
+            start = state["start"]
+            self._begun = _Begun(
+                state["direction"],
+                state["size"],
+                None if start is None else LineObservation(**start),
+            )
+
+
+@dataclass
+class _Begun:
+    """Alpha of an update, begun: its direction (on the device) and what is known of its size and
+    of the start observation (deferred until the step's read)."""
+
+    direction: list[Tensor] | None
+    size: Deferred | float
+    start: Deferred | LineObservation | None
+
+
+def _host(value: Any) -> Any:
+    """The host value of a :class:`Deferred` (values restored from a checkpoint are plain)."""
+    return value.value if isinstance(value, Deferred) else value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from ..engine.request import Request, Statistics
+from ..contract import Request, Statistics
 from .base import Instrument, require
 
 
@@ -35,6 +35,7 @@ class GradNorm(Instrument):
     ``GradNorm_params``."""
 
     name = "GradNorm"
+    panel = "step size"
     needs = Request(grad_norms=True)
 
     def compute(self, stats: Statistics) -> float:
@@ -49,6 +50,7 @@ class Distance(Instrument):
     """``||theta_t - theta_0||_2``, ``theta_0`` the parameters at the first ``step()``."""
 
     name = "Distance"
+    panel = "step size"
     needs = Request(distance=True)
 
     def compute(self, stats: Statistics) -> float:
@@ -62,7 +64,9 @@ class UpdateSize(Instrument):
     name = "UpdateSize"
     needs = Request(update=True)
     after_update = True
+    reads = ("update_size",)
+    panel = "step size"
 
     def compute(self, stats: Statistics) -> float:
-        require(stats, "update_size")
-        return stats.update_size
+        require(stats, "update")
+        return stats.reduced("update_size")

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..engine.request import Request, Statistics, TraceRequest
+from ..contract import CURVATURES, EigenRequest, Request, Statistics, TraceRequest
 from ..errors import warn_reading
 from .base import Instrument, Unavailable, require
-
-CURVATURES = ("exact", "hessian", "ggn", "mc-ggn")
 
 
 class _DiagonalInstrument(Instrument):
@@ -24,6 +22,9 @@ class _DiagonalInstrument(Instrument):
         if int(probes) < 2:
             raise ValueError(f"probes must be at least 2 (for a standard error), got {probes}")
         self.curvature, self.probes = curvature, int(probes)
+
+    def request(self) -> Request:
+        return self.needs | Request(curvature=self.curvature, probes=self.probes)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(curvature={self.curvature!r})"
@@ -38,6 +39,7 @@ class HessTrace(_DiagonalInstrument):
     trace of the GGN (exact / Monte-Carlo) instead."""
 
     name = "HessTrace"
+    panel = "curvature"
 
     def __init__(
         self,
@@ -55,7 +57,7 @@ class HessTrace(_DiagonalInstrument):
         self.rtol, self.max_products = float(rtol), int(max_products)
 
     def request(self) -> Request:
-        return Request(trace=TraceRequest(self.rtol, self.max_products))
+        return super().request() | Request(trace=TraceRequest(self.rtol, self.max_products))
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "trace")
@@ -81,18 +83,31 @@ class HessTrace(_DiagonalInstrument):
 
 
 class HessMaxEV(Instrument):
-    """Largest algebraic eigenvalue of ``H`` by Lanczos (relative tolerance ``rtol``); the number of
-    Hessian-vector products is recorded under ``HessMaxEV_hvps``."""
+    """Largest algebraic eigenvalue of ``H`` by Lanczos (relative tolerance ``rtol``), warm-started
+    from the previous tracked step's eigenvector; the number of Hessian-vector products is
+    recorded under ``HessMaxEV_hvps``."""
 
     name = "HessMaxEV"
-    needs = Request(max_eigenvalue=True)
+    panel = "curvature"
 
     def __init__(self, *, rtol: float = 1e-3, max_iter: int = 100) -> None:
         self.rtol, self.max_iter = float(rtol), int(max_iter)
+        self.vector: Tensor | None = None  # the warm start of the next run
+
+    def request(self) -> Request:
+        return Request(max_eigenvalue=EigenRequest(self.rtol, self.max_iter, self.vector))
 
     def compute(self, stats: Statistics) -> float:
         require(stats, "max_eigenvalue")
-        return stats.max_eigenvalue.value
+        result = stats.max_eigenvalue
+        self.vector = None if result.vector is None else result.vector.detach()
+        return result.value
+
+    def state_dict(self) -> dict:
+        return {"vector": self.vector}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vector = state.get("vector")
 
     def extras(self, stats: Statistics) -> dict:
         result = stats.max_eigenvalue
@@ -102,10 +117,11 @@ class HessMaxEV(Instrument):
 
 
 class _TIC(_DiagonalInstrument):
+    panel = "curvature"
     """A TIC needs a positive curvature: a diagonal with negative entries (an exact Hessian's, or
     a Hutchinson estimate under ``curvature="hessian"``) makes the reading ``nan``."""
 
-    needs = Request(diagonal=True)
+    needs = Request(curvature_diagonal=True)
 
     def __init__(self, *, curvature: str = "exact", probes: int = 16, eps: float = 1e-7) -> None:
         super().__init__(curvature=curvature, probes=probes)
@@ -114,24 +130,24 @@ class _TIC(_DiagonalInstrument):
     def prepare(self, stats: Statistics) -> None:
         super().prepare(stats)
         stats.reduce(
-            "diagonal_negatives",
-            lambda s: s.block_sum(("diagonal",), lambda d: (d < 0).sum().double()),
-            inputs=("diagonal",),
+            "curvature_diagonal_negatives",
+            lambda s: s.block_sum(("curvature_diagonal",), lambda d: (d < 0).sum().double()),
+            inputs=("curvature_diagonal",),
         )
 
     def _check(self, stats: Statistics) -> None:
-        negatives = int(stats.reduced("diagonal_negatives"))
+        negatives = int(stats.reduced("curvature_diagonal_negatives"))
         if negatives:
             raise Unavailable(
-                f"its curvature diagonal ({stats.diagonal_method}) has {negatives} negative "
+                f"its curvature diagonal ({stats.curvature_name}) has {negatives} negative "
                 "entries, for which the TIC has no meaning; curvature='exact' (the default) "
                 "uses the non-negative GGN diagonal where the Hessian's is not known to be"
             )
 
     def extras(self, stats: Statistics) -> dict:
-        if stats.diagonal is None:
+        if stats.curvature_diagonal is None:
             return {}
-        return {f"{self.name}_curvature": stats.diagonal_method}
+        return {f"{self.name}_curvature": stats.curvature_name}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(curvature={self.curvature!r}, eps={self.eps})"
@@ -142,21 +158,23 @@ class TICDiag(_TIC):
     named under ``TICDiag_curvature``."""
 
     name = "TICDiag"
-    needs = Request(diagonal=True, sgs=True)
+    needs = Request(curvature_diagonal=True, sum_sq_grads=True)
 
     def prepare(self, stats: Statistics) -> None:
         super().prepare(stats)
 
         def tic(s: Statistics) -> Tensor:
             return s.block_sum(
-                ("sgs", "diagonal"),
-                lambda sgs, diagonal: sgs.div_(s.batch_size).div_(diagonal.add_(self.eps)).sum(),
+                ("sum_sq_grads", "curvature_diagonal"),
+                lambda sum_sq_grads, diagonal: (
+                    sum_sq_grads.div_(s.batch_size).div_(diagonal.add_(self.eps)).sum()
+                ),
             )
 
-        stats.reduce(self.name, tic, inputs=("sgs", "diagonal"))
+        stats.reduce(self.name, tic, inputs=("sum_sq_grads", "curvature_diagonal"))
 
     def compute(self, stats: Statistics) -> float:
-        require(stats, "diagonal", "sgs")
+        require(stats, "curvature_diagonal", "sum_sq_grads")
         self._check(stats)
         return stats.reduced(self.name)
 
@@ -166,11 +184,11 @@ class TICTrace(_TIC):
     the curvature named under ``TICTrace_curvature``."""
 
     name = "TICTrace"
-    needs = Request(diagonal=True, sq_norms=True)
-    reads = ("sq_norms_sum", "diagonal_sum")
+    needs = Request(curvature_diagonal=True, sq_norms=True)
+    reads = ("sq_norms_sum", "curvature_diagonal_sum")
 
     def compute(self, stats: Statistics) -> float:
-        require(stats, "diagonal", "sq_norms")
+        require(stats, "curvature_diagonal", "sq_norms")
         self._check(stats)
         second = stats.sq_norms_sum / stats.batch_size
-        return second / (stats.diagonal_sum + self.eps)
+        return second / (stats.curvature_diagonal_sum + self.eps)

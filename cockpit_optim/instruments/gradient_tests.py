@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import math
 
-from ..engine.request import Request, Statistics
+from ..contract import Request, Statistics
 from .base import Instrument, Unavailable, require, require_batch
 
 
 def _moments(stats: Statistics, dots: bool) -> tuple[int, float, float, float]:
-    require(stats, "sq_norms", "mean_grads", *(("dots",) if dots else ()))
+    require(stats, "sq_norms", "mean_grads", *(("mean_dots",) if dots else ()))
     require_batch(stats)
     norm2 = stats.grad_sq_norm
     if norm2 == 0.0:
         raise Unavailable("the mini-batch gradient is zero")
-    inner = stats.dots_sq_sum if dots else math.nan
+    inner = stats.mean_dots_sq_sum if dots else math.nan
     return stats.batch_size, stats.sq_norms_sum, inner, norm2
 
 
@@ -30,6 +30,7 @@ class NormTest(Instrument):
     """``sqrt((S / G - B) / (B (B - 1)))`` (eq. 19c)."""
 
     name = "NormTest"
+    panel = "gradients"
     needs = Request(sq_norms=True, mean_grads=True)
     reads = ("sq_norms_sum", "grad_sq_norm")
 
@@ -42,8 +43,9 @@ class InnerTest(Instrument):
     """``sqrt((P / G^2 - B) / (B (B - 1)))`` (eq. 23c)."""
 
     name = "InnerTest"
-    needs = Request(dots=True, mean_grads=True, sq_norms=True)
-    reads = ("sq_norms_sum", "grad_sq_norm", "dots_sq_sum")
+    panel = "gradients"
+    needs = Request(mean_dots=True, mean_grads=True, sq_norms=True)
+    reads = ("sq_norms_sum", "grad_sq_norm", "mean_dots_sq_sum")
 
     def compute(self, stats: Statistics) -> float:
         b, _, p, g = _moments(stats, dots=True)
@@ -54,8 +56,9 @@ class OrthoTest(Instrument):
     """``sqrt((S / G - P / G^2) / (B (B - 1)))``: the orthogonal residual (eq. 25b, corrected)."""
 
     name = "OrthoTest"
-    needs = Request(dots=True, mean_grads=True, sq_norms=True)
-    reads = ("sq_norms_sum", "grad_sq_norm", "dots_sq_sum")
+    panel = "gradients"
+    needs = Request(mean_dots=True, mean_grads=True, sq_norms=True)
+    reads = ("sq_norms_sum", "grad_sq_norm", "mean_dots_sq_sum")
 
     def compute(self, stats: Statistics) -> float:
         b, s, p, g = _moments(stats, dots=True)

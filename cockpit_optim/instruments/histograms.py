@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-from ..engine.request import HistogramRequest, Request, Statistics
+from dataclasses import replace
+
+from ..contract import HistogramRequest, Request, Statistics
 from .base import Instrument, require
 
 # The budget caps the draws: each tracked step draws what the previous one needed for an expected L1
 # error of 0.75% of the normalized histogram, 2^19 at first (experiments/benchmark_histogram.py).
 DEFAULT_MAX_ELEMENTS = 2**20
+
+
+class _Histogram(Instrument):
+    """Both histograms bin one shared sample; each carries the subsample size from step to step
+    (the next step draws what this one needed: ``stats.needed_draws``)."""
+
+    panel = "gradients"
+    spec: HistogramRequest
+
+    def _adapt(self, stats: Statistics) -> None:
+        if isinstance(stats.needed_draws, int):
+            self.spec = replace(self.spec, draws=stats.needed_draws)
+
+    def state_dict(self) -> dict:
+        return {"draws": self.spec.draws}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "draws" in state:
+            self.spec = replace(self.spec, draws=int(state["draws"]))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(bins={self.spec.bins}, range={self.spec.range}, "
+            f"max_elements={self.spec.max_elements})"
+        )
 
 
 def _check(bins, value_range, max_elements) -> None:
@@ -17,7 +44,7 @@ def _check(bins, value_range, max_elements) -> None:
         raise ValueError(f"max_elements must be positive or None, got {max_elements}")
 
 
-class GradHist1d(Instrument):
+class GradHist1d(_Histogram):
     """Histogram of the ``B x D`` elements ``g_{n,d}``, network-wide and per parameter.
 
     ``range=None`` bins ``[-6 r, 6 r]`` with ``r`` the root mean square of all elements (reported in
@@ -47,17 +74,12 @@ class GradHist1d(Instrument):
         return Request(hist1d=self.spec)
 
     def compute(self, stats: Statistics) -> dict:
+        self._adapt(stats)
         require(stats, "hist1d")
         return stats.hist1d
 
-    def __repr__(self) -> str:
-        return (
-            f"GradHist1d(bins={self.spec.bins}, range={self.spec.range}, "
-            f"max_elements={self.spec.max_elements})"
-        )
 
-
-class GradHist2d(Instrument):
+class GradHist2d(_Histogram):
     """Histogram of the pairs ``(theta_d, g_{n,d})``: ``bins = (parameter bins, gradient bins)``.
 
     Parameter edges span ``[min theta, max theta]``; gradient edges as in :class:`GradHist1d`;
@@ -83,11 +105,6 @@ class GradHist2d(Instrument):
         return Request(hist2d=self.spec)
 
     def compute(self, stats: Statistics) -> dict:
+        self._adapt(stats)
         require(stats, "hist2d")
         return stats.hist2d
-
-    def __repr__(self) -> str:
-        return (
-            f"GradHist2d(bins={self.spec.bins}, range={self.spec.range}, "
-            f"max_elements={self.spec.max_elements})"
-        )

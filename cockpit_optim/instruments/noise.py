@@ -6,7 +6,7 @@ All sums run in float64.
 
 from __future__ import annotations
 
-from ..engine.request import Request, Statistics
+from ..contract import Request, Statistics
 from .base import Instrument, Unavailable, ratio, require, require_batch
 
 
@@ -30,11 +30,11 @@ class EarlyStopping(Instrument):
     With ``var_d = B / (B - 1) v_d`` this is ``1 - ((B - 1) / D') sum_d g_d^2 / v_d``."""
 
     name = "EarlyStopping"
-    needs = Request(sgs=True, mean_grads=True)
+    needs = Request(sum_sq_grads=True, mean_grads=True)
     reads = ("signal_to_noise",)
 
     def compute(self, stats: Statistics) -> float:
-        require(stats, "sgs", "mean_grads")
+        require(stats, "sum_sq_grads", "mean_grads")
         require_batch(stats)
         total, count = stats.signal_to_noise
         if count == 0:
@@ -47,11 +47,11 @@ class MeanGSNR(Instrument):
     signal-to-noise ratio over the coordinates with positive (biased) variance."""
 
     name = "MeanGSNR"
-    needs = Request(sgs=True, mean_grads=True)
+    needs = Request(sum_sq_grads=True, mean_grads=True)
     reads = ("signal_to_noise",)
 
     def compute(self, stats: Statistics) -> float:
-        require(stats, "sgs", "mean_grads")
+        require(stats, "sum_sq_grads", "mean_grads")
         require_batch(stats)
         total, count = stats.signal_to_noise
         if count == 0:

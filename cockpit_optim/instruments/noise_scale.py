@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..engine.request import Request, Statistics
+from ..contract import Request, Statistics
 from .base import Instrument, Unavailable, require, require_batch
 
 
@@ -25,6 +25,7 @@ class GradientNoiseScale(Instrument):
     ``GradientNoiseScale_two_batch`` (with ``_trace`` and ``_signal``)."""
 
     name = "GradientNoiseScale"
+    panel = "step size"
     needs = Request(sq_norms=True, mean_grads=True)
     reads = ("sq_norms_sum", "grad_sq_norm")
 

@@ -12,13 +12,16 @@ rule sees) and the rows of ignored targets are dropped, so the rules see exactly
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .capture import LayerCall, LayerSlot
+from .base import LayerRule, MaterializedRule, SubsetRule, ZeroRule
 from .functional import batch_dim, functional_rule
-from .layers import LayerRule, MaterializedRule, SubsetRule, ZeroRule
+
+if TYPE_CHECKING:  # the capture imports the registry
+    from ..capture import LayerCall, LayerSlot
 
 
 @dataclass
@@ -67,7 +70,9 @@ def build_rules(
                 rule = _slot_rule(slot, extra, per_batch, batches, total)
             except Exception as error:  # e.g. random operations inside the module under vmap
                 kind = type(slot.module).__name__
-                problems.append(f"module '{slot.label}' ({kind}): no individual gradients ({error})")
+                problems.append(
+                    f"module '{slot.label}' ({kind}): no individual gradients ({error})"
+                )
                 continue
             if rule is None:
                 unused.extend(names)

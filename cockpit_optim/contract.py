@@ -1,34 +1,41 @@
-"""What instruments ask of the engine (:class:`Request`) and what they get (:class:`Statistics`)."""
+"""The contract between the engine and the instruments: what an instrument asks for at a step
+(:class:`Request`), what it receives (:class:`Statistics`, plain data plus deferred host values),
+and the shared reductions over them.  It imports nothing from the engine: instruments import this
+module (and :mod:`.transfer`) only, the engine fills it in.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .curvature import EigenResult
-from .trace import TraceEstimate
 from .transfer import Deferred, HostTransfer
 
 # Block size of the float64 reductions over all coordinates.
 _BLOCK = 2**22
+#: Curvatures an instrument can ask for (see :mod:`cockpit_optim.instruments.curvature`).
+CURVATURES = ("exact", "hessian", "ggn", "mc-ggn")
 
 
 @dataclass(frozen=True)
 class HistogramRequest:
-    """Binning asked for by a histogram instrument."""
+    """Binning asked for by a histogram instrument; ``draws`` is the subsample size when ``B*D``
+    exceeds ``max_elements`` (the instrument adapts it from step to step)."""
 
     bins: int | tuple[int, int]
     range: tuple[float, float] | None
     max_elements: int | None
+    draws: int = 2**19
 
 
 @dataclass(frozen=True)
 class TraceRequest:
-    """HessTrace's tolerance: relative standard error ``rtol``, at most ``max_products``
+    """The trace's tolerance: relative standard error ``rtol``, at most ``max_products``
     Hessian-vector products (where the trace is estimated)."""
 
     rtol: float
@@ -36,57 +43,119 @@ class TraceRequest:
 
 
 @dataclass(frozen=True)
+class EigenRequest:
+    """Lanczos for the largest Hessian eigenvalue: relative tolerance, iteration cap, and a start
+    vector (a warm start from an earlier step; ``None``: random)."""
+
+    rtol: float = 1e-3
+    max_iter: int = 100
+    start: Tensor | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """A parameter-shaped direction ``v`` (one tensor per monitored parameter) for ``g_n . v``."""
+
+    direction: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Largest eigenvalue, its Ritz vector, the Hessian-vector products used, convergence."""
+
+    value: float
+    vector: Tensor | None
+    products: int
+    converged: bool
+
+
+@dataclass
+class TraceEstimate:
+    """``value`` with its standard error, the Hessian-vector products spent, whether the
+    standard error met the tolerance (exact values have ``stderr == 0``), and the curvature."""
+
+    value: float
+    stderr: float
+    products: int
+    converged: bool
+    curvature: str = "estimate"
+
+
+@dataclass(frozen=True)
 class Request:
-    """What the active instruments need at one step; ``|`` merges two requests."""
+    """What the active instruments need at one step; ``|`` merges two requests.
+
+    ``curvature`` names the curvature of the trace and the diagonal (one of :data:`CURVATURES`;
+    instruments asking for different ones cannot run together), ``probes`` the Hutchinson
+    probes of a Hessian-diagonal estimate."""
 
     losses: bool = False
     grad_norms: bool = False
     sq_norms: bool = False
-    dots: bool = False
+    mean_dots: bool = False
     mean_grads: bool = False
-    sgs: bool = False
+    sum_sq_grads: bool = False
     hist1d: HistogramRequest | None = None
     hist2d: HistogramRequest | None = None
-    diagonal: bool = False
+    curvature_diagonal: bool = False
     trace: TraceRequest | None = None
-    max_eigenvalue: bool = False
-    projection: bool = False
+    max_eigenvalue: EigenRequest | None = None
+    curvature: str | None = None
+    probes: int = 0
+    projection: Projection | None = None
     distance: bool = False
     update: bool = False
 
+    def __post_init__(self) -> None:
+        if self.curvature is not None and self.curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+
     def __or__(self, other: Request) -> Request:
-        return Request(
-            **{
-                name: getattr(self, name) or getattr(other, name)
-                for name in self.__dataclass_fields__
-            }
-        )
+        if self.curvature and other.curvature and self.curvature != other.curvature:
+            raise ValueError(
+                "curvature instruments disagree on the curvature: "
+                f"{sorted({self.curvature, other.curvature})}"
+            )
+        merged = {
+            f.name: getattr(self, f.name) or getattr(other, f.name) for f in dataclass_fields(self)
+        }
+        merged["probes"] = max(self.probes, other.probes)
+        return Request(**merged)
 
     @property
     def first_order(self) -> bool:
-        return any((self.sq_norms, self.dots, self.mean_grads, self.sgs, self.hist1d, self.hist2d))
+        return any(
+            (
+                self.sq_norms,
+                self.mean_dots,
+                self.mean_grads,
+                self.sum_sq_grads,
+                self.hist1d,
+                self.hist2d,
+            )
+        )
+
+    @property
+    def second_order(self) -> bool:
+        return self.curvature_diagonal or self.trace is not None or self.max_eigenvalue is not None
 
     @property
     def captures(self) -> bool:
         """Whether the forward/backward pass must be recorded (hooks armed)."""
-        return (
-            self.first_order
-            or self.projection
-            or self.losses
-            or self.diagonal
-            or self.trace is not None
-            or self.max_eigenvalue
-        )
+        return self.first_order or self.second_order or self.projection is not None or self.losses
 
 
 @dataclass
 class Statistics:
     """Everything instruments read at one step.  Per-parameter lists follow ``names``.
 
-    ``sq_norms[n] = ||g_n||^2``, ``dots[n] = g_n . g`` (float64, shape ``[B]``),
-    ``mean_grads`` = ``g``, ``sgs`` = ``sum_n g_n^2`` per coordinate, ``diagonal`` = the TIC's
-    curvature diagonal (named by ``diagonal_method``), ``trace`` = HessTrace's trace.  ``unavailable`` maps a statistic that could not be
-    computed at this step to the reason.
+    ``losses[n] = l_n``, ``sq_norms[n] = ||g_n||^2`` and ``mean_dots[n] = g_n . g`` (float64,
+    shape ``[B]``); ``mean_grads`` = ``g``, ``sum_sq_grads`` = ``sum_n g_n^2`` per coordinate;
+    ``curvature_diagonal`` = a curvature diagonal named by ``curvature_name``; ``trace`` = a
+    curvature trace; ``projection[n] = g_n . v`` for the requested :class:`Projection`;
+    ``update`` = ``theta_{t+1} - theta_t`` (after the update only); ``project(v)`` computes
+    ``g_n . v`` for another direction while the step's pass is held.  ``unavailable`` maps a
+    statistic that could not be computed at this step to the reason.
 
     Scalars reach the host once per step (:mod:`.transfer`): instruments queue the reductions
     they read in ``prepare`` (:meth:`reduce`), and the fields in ``DEFERRED_FIELDS`` hold a
@@ -99,22 +168,21 @@ class Statistics:
     losses: Tensor | None = None
     grad_norms: dict[str, float] | Deferred | None = None
     sq_norms: Tensor | None = None
-    dots: Tensor | None = None
+    mean_dots: Tensor | None = None
     mean_grads: list[Tensor] | None = None
-    sgs: list[Tensor] | None = None
+    sum_sq_grads: list[Tensor] | None = None
     hist1d: dict | Deferred | None = None
     hist2d: dict | Deferred | None = None
-    diagonal: list[Tensor] | None = None
-    diagonal_method: str = "exact"
+    curvature_diagonal: list[Tensor] | None = None
+    curvature_name: str = "exact"
     max_eigenvalue: EigenResult | None = None
     distance: float | Deferred | None = None
-    update_size: float | Deferred | None = None
-    alpha: Any = None
     projection: Tensor | None = None
+    update: list[Tensor] | None = None
+    project: Callable[[list[Tensor]], Tensor | None] | None = field(default=None, repr=False)
+    needed_draws: int | Deferred | None = None
     trace: TraceEstimate | Deferred | None = None
-    rank_grad_sq_norm: float | Deferred | None = (
-        None  # mean over ranks of ||g_rank||^2 (distributed only)
-    )
+    rank_grad_sq_norm: float | Deferred | None = None  # mean over ranks of ||g_rank||^2
     rank_batch_size: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     transfer: HostTransfer = field(default_factory=HostTransfer, repr=False)
@@ -122,7 +190,7 @@ class Statistics:
 
     def blocks(self, *fields: str) -> Iterator[tuple[Tensor, ...]]:
         """Matching float64 blocks (at most ``2^22`` elements) of per-parameter statistics, e.g.
-        ``blocks("mean_grads", "sgs")``: sums over all coordinates in float64 without a
+        ``blocks("mean_grads", "sum_sq_grads")``: sums over all coordinates in float64 without a
         ``D``-sized float64 copy.  The blocks are copies: callers may modify them in place."""
         for tensors in zip(*(getattr(self, name) for name in fields)):
             flats = [t.detach().reshape(-1) for t in tensors]
@@ -185,14 +253,14 @@ class Statistics:
     @property
     def signal_to_noise(self) -> tuple[float, int]:
         """``(sum_{d: v_d > 0} g_d^2 / v_d, #{d: v_d > 0})`` with the biased per-coordinate
-        variance ``v_d = sgs_d / B - g_d^2`` (float64), shared by EarlyStopping and MeanGSNR."""
+        variance ``v_d = sum_sq_grads_d / B - g_d^2`` (float64)."""
         total, count = self.reduced("signal_to_noise")
         return total, int(count)
 
     @property
-    def diagonal_sum(self) -> float:
+    def curvature_diagonal_sum(self) -> float:
         """``sum_d`` of the curvature diagonal, in float64."""
-        return self.reduced("diagonal_sum")
+        return self.reduced("curvature_diagonal_sum")
 
     @property
     def sq_norms_sum(self) -> float:
@@ -200,9 +268,9 @@ class Statistics:
         return self.reduced("sq_norms_sum")
 
     @property
-    def dots_sq_sum(self) -> float:
+    def mean_dots_sq_sum(self) -> float:
         """``sum_n (g_n . g)^2``."""
-        return self.reduced("dots_sq_sum")
+        return self.reduced("mean_dots_sq_sum")
 
     @property
     def grad_sq_norm(self) -> float:
@@ -216,32 +284,42 @@ DEFERRED_FIELDS = (
     "hist1d",
     "hist2d",
     "distance",
-    "update_size",
     "trace",
     "rank_grad_sq_norm",
+    "needed_draws",
 )
 
 
 def _signal_to_noise(stats: Statistics) -> Tensor:
-    def term(grad: Tensor, sgs: Tensor) -> Tensor:
+    def term(grad: Tensor, sum_sq_grads: Tensor) -> Tensor:
         grad2 = grad.square_()
-        noise = sgs.div_(stats.batch_size).sub_(grad2)
+        noise = sum_sq_grads.div_(stats.batch_size).sub_(grad2)
         keep = noise > 0
         ratios = grad2.div_(noise).masked_fill_(keep.logical_not(), 0.0)
         return torch.stack([ratios.sum(), keep.sum().double()])
 
-    return stats.block_sum(("mean_grads", "sgs"), term)
+    return stats.block_sum(("mean_grads", "sum_sq_grads"), term)
+
+
+def _norm(tensors: list[Tensor]) -> Tensor:
+    """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
+    norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 #: Shared reductions: name -> (statistics they need, float64 device tensor from the statistics).
 REDUCTIONS: dict[str, tuple[tuple[str, ...], Callable[[Statistics], Tensor]]] = {
     "loss_mean": (("losses",), lambda s: s.losses.double().mean()),
     "sq_norms_sum": (("sq_norms",), lambda s: s.sq_norms.double().sum()),
-    "dots_sq_sum": (("dots",), lambda s: s.dots.double().square().sum()),
+    "mean_dots_sq_sum": (("mean_dots",), lambda s: s.mean_dots.double().square().sum()),
     "grad_sq_norm": (
         ("mean_grads",),
         lambda s: s.block_sum(("mean_grads",), lambda g: g.square_().sum()),
     ),
-    "signal_to_noise": (("mean_grads", "sgs"), _signal_to_noise),
-    "diagonal_sum": (("diagonal",), lambda s: s.block_sum(("diagonal",), torch.sum)),
+    "signal_to_noise": (("mean_grads", "sum_sq_grads"), _signal_to_noise),
+    "update_size": (("update",), lambda s: _norm(s.update)),
+    "curvature_diagonal_sum": (
+        ("curvature_diagonal",),
+        lambda s: s.block_sum(("curvature_diagonal",), torch.sum),
+    ),
 }

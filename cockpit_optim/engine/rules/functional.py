@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .layers import LayerRule, MaterializedRule
+from .base import LayerRule, MaterializedRule
 
 # Keyword arguments that carry one row per sample (everything else is shared by all samples).
 _PER_SAMPLE_KWARGS = ("key_padding_mask",)

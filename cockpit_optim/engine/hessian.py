@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..contract import EigenResult
 from .capture import ModelInput
 
 
@@ -87,14 +88,6 @@ class HessianVectorProduct:
         if self.combiner is None or self.combiner.world_size == 1:
             return local
         return self.combiner.sum([local * self.weight])[0]
-
-
-@dataclass
-class EigenResult:
-    value: float
-    vector: Tensor
-    products: int
-    converged: bool
 
 
 # The gap in the error bound comes from Ritz values, which overestimate the spectral gap early on;

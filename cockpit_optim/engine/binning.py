@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import fused_histogram, histogram_draws
 from .histogram_draws import Share
-from .layers import LayerRule
+from .rules import LayerRule
 
 Bounds = tuple[Tensor, Tensor]  # (low, high), 0-d float64 tensors on the counts' device
 
