@@ -18,14 +18,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from .contract import Request, Statistics
+from .contract import Request
 from .engine.combiner import combiner_for
 from .engine.statistics import StatisticsEngine
-from .errors import CockpitError, ReadingWarning, UnsupportedModelError
+from .errors import CockpitError, UnsupportedModelError
 from .instruments import Instrument, resolve
 from .log import LogWriter
 from .losses import SampleLoss, check_loss
 from .pipeline import OpenRecord, RecordPipeline
+from .readings import StepReadings
 from .schedules import Schedule, as_schedule
 from .transfer import HostTransfer
 
@@ -42,12 +43,6 @@ def _close_open_monitors() -> None:
             monitor.close()
         except Exception as error:  # exit must not abort on a reading
             warnings.warn(f"closing a MonitoredOptimizer at exit failed: {error!r}", stacklevel=1)
-
-
-def _flat_norm(tensors: Iterable[Tensor]) -> Tensor:
-    """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
-    norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 class MonitoredOptimizer(Optimizer):
@@ -118,7 +113,9 @@ class MonitoredOptimizer(Optimizer):
         self._combiner = combiner_for(process_group)
         rank = self._combiner.rank
         self._generator = torch.Generator().manual_seed(seed)  # the same on every rank
-        self._request = self._step_request()
+        request = Request()
+        for instrument in self.instruments:
+            request = request | instrument.request()
         named = self._monitored_parameters(model, optimizer)
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
@@ -127,7 +124,7 @@ class MonitoredOptimizer(Optimizer):
             loss_fn,
             named,
             self._generator,
-            request=self._request,
+            request=request,
             sample_seed=seed + 7919 * (rank + 1),  # histogram draws: per rank, seeded per step
             combiner=self._combiner,
             batchnorm_approximation=batchnorm_approximation,
@@ -144,12 +141,18 @@ class MonitoredOptimizer(Optimizer):
         self._records = RecordPipeline(
             self, self.controllers, self._combiner, self._writer, self.writers, live_plot
         )
+        self._readings = StepReadings(
+            self.instruments,
+            self.engine,
+            self._records,
+            self._names,
+            self._params,
+            self._lr,
+            bool(self.controllers),
+        )
         self.should_stop = False
         self.stop_reason: str | None = None
         self._step = 0
-        self._theta0: list[Tensor] | None = None
-        self._open: OpenRecord | None = None  # the record waiting for a later step
-        self._read_at = -1  # the step of the last host read
         if self.engine.capture.replaced:
             warnings.warn(
                 "another MonitoredOptimizer watched parameters of this model; it is detached "
@@ -222,13 +225,7 @@ class MonitoredOptimizer(Optimizer):
             return
         self._closed = True
         _OPEN.discard(self)
-        self.engine.transfer.read()
-        if self._open is not None:
-            record, self._open = self._open, None
-            for instrument in record.waiting:
-                instrument.abandon()
-                record.values[instrument.name] = math.nan
-            self._records.finish(record)
+        self._readings.close()
         self._records.close()
         self.remove_hooks()
 
@@ -276,15 +273,11 @@ class MonitoredOptimizer(Optimizer):
             raise CockpitError("the optimizer holds no trainable parameter of the model")
         return named
 
-    def _step_request(self) -> Request:
-        """The union of the instruments' requests (options and warm starts as of now)."""
-        request = Request()
-        for instrument in self.instruments:
-            request = request | instrument.request()
-        return request
+    def _lr(self) -> float:
+        return float(self.param_groups[0].get("lr", math.nan))
 
     def _records_at(self, step: int) -> bool:
-        return self._tracked(step) and self._request.captures
+        return self._tracked(step) and self._readings.request.captures
 
     def _tracked(self, step: int) -> bool:
         return any(schedule(step) for schedule in self._schedules)
@@ -292,7 +285,7 @@ class MonitoredOptimizer(Optimizer):
     def _arm(self) -> None:
         """Record the next step's forward/backward only if that step needs it."""
         self.engine.capture.clear()
-        self.engine.capture.armed = self._records_at(self._step) or self._open is not None
+        self.engine.capture.armed = self._records_at(self._step) or self._readings.open is not None
 
     # ----------------------------------------------------------------------- step
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -333,31 +326,32 @@ class MonitoredOptimizer(Optimizer):
                 loss = closure()
         t = self._step
         tracked = self._tracked(t)
-        if self._theta0 is None and self._request.distance:  # theta_0: at the first step() call
-            self._theta0 = [p.detach().clone() for p in self._params]
+        readings = self._readings
+        if readings.theta0 is None and readings.request.distance:  # at the first step() call
+            readings.theta0 = [p.detach().clone() for p in self._params]
         try:
-            record, stats = self._before_update(t, tracked)
+            record, stats = readings.before_update(t, tracked)
         except UnsupportedModelError:  # a model the readings are not defined for: fix it first
             self.engine.release()
             self._arm()
             raise
         except Exception as error:  # a failing gauge never stops training
-            self._skip(t, error)
+            readings.skip(t, error)
             record, stats, tracked = None, None, False
         before = None
-        if tracked and self._request.update:
+        if tracked and readings.request.update:
             before = [p.detach().clone() for p in self._params]
         self._update(closure, loss)
         try:
             if tracked:
-                self._after_update(t, record, stats, before)
+                readings.after_update(t, record, stats, before)
         except Exception as error:
-            self._skip(t, error, record)
+            readings.skip(t, error, record)
         try:
-            if self._read_at != t:
-                self._read()
+            if readings.read_at != t:
+                readings.read(t)
         except Exception as error:
-            self._skip(t, error)
+            readings.skip(t, error)
         finally:
             self.engine.release()
             self._step += 1
@@ -379,169 +373,6 @@ class MonitoredOptimizer(Optimizer):
                 return closure()
 
         self.optimizer.step(evaluated_once)
-
-    def _skip(self, t: int, error: Exception, record: OpenRecord | None = None) -> None:
-        """Warn that step ``t``'s readings failed; drop ``record`` (and the record waiting for a
-        later step: all of them without a record, else only the record's own)."""
-        warnings.warn(
-            f"readings of step {t} failed and are skipped: {error!r}", ReadingWarning, stacklevel=3
-        )
-        if record is not None:
-            record.failed = True
-        if self._open is not None and (record is None or self._open is record):
-            for instrument in self._open.waiting:
-                instrument.abandon()
-            self._open = None
-
-    def _read(self) -> None:
-        """The step's host read: resolves every queued value and runs what waited for them."""
-        self._read_at = self._step
-        self.engine.transfer.read()
-
-    def _then(self, record: OpenRecord, callback: Callable[[], None]) -> None:
-        """Run ``callback`` after the next read; a failure skips ``record`` only."""
-
-        def guarded() -> None:
-            try:
-                callback()
-            except Exception as error:
-                self._skip(record.step, error, record)
-
-        self.engine.transfer.then(guarded)
-
-    def _lr(self) -> float:
-        return float(self.param_groups[0].get("lr", math.nan))
-
-    def _before_update(self, t: int, tracked: bool) -> tuple[OpenRecord | None, Statistics | None]:
-        completing = self._open
-        if not tracked and completing is None:
-            return None, None
-        request = self._step_request() if tracked else Request()
-        for instrument in completing.waiting if completing is not None else ():
-            request = request | (instrument.pending() or Request())
-        stats = self.engine.collect(request, self._lr(), step=t)
-        record = None
-        failed: dict[str, str] = {}
-        if tracked:
-            if self._request.distance:
-                distance = _flat_norm(p - p0 for p, p0 in zip(self._params, self._theta0))
-                stats.distance = self.engine.transfer.defer(distance)
-            for instrument in self.instruments:
-                if not (instrument.after_update or instrument.completes_later):
-                    try:
-                        instrument.prepare(stats)
-                    except Exception as error:  # only this instrument's reading is lost
-                        failed[instrument.name] = repr(error)
-        if completing is not None:
-            self._complete(completing, stats)
-        if tracked:
-            record = OpenRecord({"step": t})
-            self._then(record, lambda: self._fill(record, stats, failed))
-        if completing is not None and self.controllers:
-            self._read()  # controllers act on the completed record before this update
-        return record, stats
-
-    def _fill(self, record: OpenRecord, stats: Statistics, failed: dict[str, str]) -> None:
-        """Read the instruments computed before the update into ``record`` (after the read)."""
-        stats.lr = self._lr()  # a controller may have changed it before this update
-        record.values["lr"] = stats.lr
-        if self.engine.approximate:
-            record.values["approximate"] = True
-        if stats.batch_size:
-            record.values["batch_size"] = stats.batch_size
-        stats.resolve()
-        for instrument in self.instruments:
-            if not (instrument.after_update or instrument.completes_later):
-                self._take(instrument, record, failed.get(instrument.name), instrument.read, stats)
-
-    def _take(
-        self,
-        instrument: Instrument,
-        record: OpenRecord,
-        failure: str | None,
-        read: Callable[..., Any],
-        *args: Any,
-    ) -> None:
-        """``record[instrument.name] = read(*args)`` (with the instrument's extras); an
-        instrument that fails reads ``nan`` (with a warning naming the cause) and the rest of
-        the record stays."""
-        if failure is None:
-            try:
-                record.values[instrument.name] = read(*args)
-                if args:
-                    record.values.update(instrument.extras(*args))
-                return
-            except Exception as error:
-                failure = repr(error)
-        record.values[instrument.name] = math.nan
-        warnings.warn(
-            f"{instrument.name} of step {record.step} failed and reads nan: {failure}",
-            ReadingWarning,
-            stacklevel=2,
-        )
-
-    def _after_update(
-        self, t: int, record: OpenRecord, stats: Statistics, before: list[Tensor] | None
-    ) -> None:
-        """After-update instruments, and readings that complete at the next step begun."""
-        after = Statistics(
-            batch_size=stats.batch_size,
-            names=self._names,
-            lr=stats.lr,
-            losses=stats.losses,
-            transfer=self.engine.transfer,
-            project=stats.project,
-        )
-        if before is not None:
-            after.update = [p.detach() - b for p, b in zip(self._params, before)]
-        else:
-            after.unavailable["update"] = "no instrument asked for the update"
-        failed: dict[str, str] = {}
-        for instrument in self.instruments:
-            try:
-                if instrument.after_update:
-                    instrument.prepare(after)
-                elif instrument.completes_later:
-                    instrument.begin(after)
-                    record.waiting.append(instrument)
-            except Exception as error:
-                failed[instrument.name] = repr(error)
-        if record.waiting:
-            self._open = record
-
-        def conclude() -> None:
-            after.resolve()
-            for instrument in self.instruments:
-                if instrument.after_update:
-                    self._take(
-                        instrument, record, failed.get(instrument.name), instrument.read, after
-                    )
-                elif instrument.name in failed:
-                    self._take(instrument, record, failed[instrument.name], instrument.read)
-            if not record.waiting:
-                self._records.finish(record)
-
-        self._then(record, conclude)
-
-    def _complete(self, record: OpenRecord, stats: Statistics) -> None:
-        """Queue the completion of ``record``'s waiting readings on this step's statistics; the
-        record is finished after the read."""
-        self._open = None
-        failed: dict[str, str] = {}
-        for instrument in record.waiting:
-            try:
-                instrument.complete(stats)
-            except Exception as error:
-                instrument.abandon()
-                failed[instrument.name] = repr(error)
-
-        def conclude() -> None:
-            for instrument in record.waiting:
-                self._take(instrument, record, failed.get(instrument.name), instrument.read_pending)
-            record.waiting = []
-            self._records.finish(record)
-
-        self._then(record, conclude)
 
     # ---------------------------------------------------------------- state dicts
     def state_dict(self) -> dict:
@@ -567,19 +398,16 @@ class MonitoredOptimizer(Optimizer):
         """The wrapped optimizer's state plus the monitor's (step, theta_0, the record waiting for
         a later step, private generator, instruments' states, history, controllers)."""
         self.engine.transfer.read()  # values still on their way (a begun reading's start)
-        pending = None
-        if self._open is not None:
-            pending = {
-                "record": self._open.values,
-                "waiting": [i.name for i in self._open.waiting],
-            }
+        pending, waiting = None, self._readings.open
+        if waiting is not None:
+            pending = {"record": waiting.values, "waiting": [i.name for i in waiting.waiting]}
         return {
             "optimizer": self.optimizer.state_dict(),
             "monitor": {
                 "step": self._step,
                 "should_stop": self.should_stop,
                 "stop_reason": self.stop_reason,
-                "theta0": self._theta0,
+                "theta0": self._readings.theta0,
                 "pending": pending,
                 "generator": self._generator.get_state(),
                 "instruments": {i.name: i.state_dict() for i in self.instruments},
@@ -600,11 +428,12 @@ class MonitoredOptimizer(Optimizer):
         self.optimizer.load_state_dict(state_dict["optimizer"])
         monitor = state_dict["monitor"]
         self.engine.transfer = HostTransfer()  # values queued before the restore are dropped
-        self._read_at = -1
+        readings = self._readings
+        readings.read_at = -1
         self._step = int(monitor["step"])
         self.should_stop = bool(monitor.get("should_stop", False))
         self.stop_reason = monitor.get("stop_reason")
-        self._theta0 = _like_params(monitor["theta0"], self._params)
+        readings.theta0 = _like_params(monitor["theta0"], self._params)
         self._generator.set_state(monitor["generator"].cpu())
         states = monitor.get("instruments", {})
         for instrument in self.instruments:
@@ -613,18 +442,18 @@ class MonitoredOptimizer(Optimizer):
                 state["direction"] = _like_params(state["direction"], self._params)
             instrument.load_state_dict(state)
         pending = monitor["pending"]
-        self._open = None
+        readings.open = None
         if pending is not None and "waiting" in pending:
             by_name = {i.name: i for i in self.instruments}
             waiting = [by_name[n] for n in pending["waiting"] if n in by_name]
-            self._open = OpenRecord(pending["record"], waiting) if waiting else None
+            readings.open = OpenRecord(pending["record"], waiting) if waiting else None
         self.history = list(monitor["history"])
         for controller, state in zip(
             [c for c in self.controllers if hasattr(c, "load_state_dict")], monitor["controllers"]
         ):
             controller.load_state_dict(state)
         if self._writer is not None:
-            first_open = self._open.step if self._open is not None else self._step
+            first_open = readings.open.step if readings.open is not None else self._step
             self._writer.drop_from(first_open)
         self._arm()
 
