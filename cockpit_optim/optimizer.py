@@ -1,5 +1,5 @@
 """``MonitoredOptimizer``: wraps any ``torch.optim.Optimizer`` and takes the instruments' readings
-inside ``step()`` at the steps a schedule selects (SPEC section 2)."""
+inside ``step()`` at the steps a schedule selects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Closed-loop controllers (served as ``cockpit_optim.controllers``; SPEC section 5).
+"""Closed-loop controllers (served as ``cockpit_optim.controllers``).
 
 A controller declares ``instruments`` (the readings it needs, tracked automatically) and
 ``observe(record, optimizer) -> list[Action]``; each returned action (what changed, from what to

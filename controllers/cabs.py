@@ -21,7 +21,7 @@ class CABSBatchSize(Controller):
     CABS (Balles, Romero & Hennig, UAI 2017) chooses the batch size that approximately maximizes
     the expected gain per sample of plain SGD: ``B = lr * tr(Sigma_P) / L_P``, with the population
     gradient covariance ``Sigma_P`` and loss ``L_P`` estimated on the mini-batch.  The record's
-    reading ``CABS = lr_t * sum_d (M_d - g_d^2) / L_t`` (SPEC section 3) gives back
+    reading ``CABS = lr_t * sum_d (M_d - g_d^2) / L_t`` gives back
 
         tr(Sigma_t) = CABS_t * L_t / lr_t        (= (B-1)/B times the unbiased trace estimate).
 

@@ -16,7 +16,7 @@ __all__ = ["EvidenceEarlyStopping"]
 class EvidenceEarlyStopping(Controller):
     """Stop when the averaged evidence-based criterion stays above 0 (paper App. B.4, eq. 14).
 
-    The record's reading ``EarlyStopping = 1 - (B / D') sum_d g_d^2 / var_d`` (SPEC section 3) is
+    The record's reading ``EarlyStopping = 1 - (B / D') sum_d g_d^2 / var_d`` is
     positive when the mini-batch gradient is no larger than its noise would make it if the
     population gradient were zero, i.e. when further steps mostly fit the sample.  The criterion
     of one mini-batch is noisy, so the controller averages the last ``window`` finite readings.

@@ -25,8 +25,8 @@ _TESTS = {"norm": ("norm",), "augmented": ("inner", "ortho")}
 class GradientTestBatchSize(Controller):
     """Grow the batch size when the gradient test fails (paper App. B.6); never shrink it.
 
-    With ``G = ||g||^2`` (``GradNorm^2``) and the record's batch size ``B``, the readings of SPEC
-    section 3 give the sample variances of the individual gradients that the tests bound:
+    With ``G = ||g||^2`` (``GradNorm^2``) and the record's batch size ``B``, the test readings give
+    the sample variances of the individual gradients that the tests bound:
 
     * norm test (Byrd et al. 2012, eq. 19):
       ``Var_norm = sum_n ||g_n - g||^2 / (B-1) = NormTest^2 * B * G``,

@@ -138,7 +138,7 @@ def record_1d(
     grad_edges: list[float],
     bins: int,
 ) -> dict:
-    """GradHist1d record (SPEC section 3) from the host rows of a :func:`counts_1d` table and
+    """The 1-D histogram record from the host rows of a :func:`counts_1d` table and
     the host values of its edges."""
     layers = {
         name: {
@@ -176,7 +176,7 @@ def counts_2d(sample: ElementSample, param_edges: Tensor, grad_edges: Tensor) ->
 def record_2d(
     counts: list[float], population: int, all_edges: list[float], bins: tuple[int, int]
 ) -> dict:
-    """GradHist2d record from the host values of a :func:`counts_2d` table and of its edges
+    """The 2-D histogram record from the host values of a :func:`counts_2d` table and of its edges
     (parameter edges, then gradient edges): ``counts[i][j]`` pairs with ``theta`` in bin i and
     ``g`` in bin j."""
     param_bins, grad_bins = bins

@@ -1,17 +1,16 @@
-"""Which curvature serves HessTrace and the TIC at a step, and computing it.
+"""Which curvature serves the trace and the curvature diagonal at a step, and computing it.
 
-``curvature`` (the instruments' option) selects:
+``curvature`` (a request's option) selects:
 
 =========  ==========================================  =========================================
-option     HessTrace                                   TICDiag / TICTrace diagonal
+option     trace                                       curvature diagonal
 =========  ==========================================  =========================================
 exact      ``Tr(H)``: exact diagonal where known, else  exact ``diag H`` where it equals the GGN's
            the deflated adaptive estimate              (piecewise-linear networks), else the GGN
                                                        diagonal: exact up to 16 output entries per
-                                                       sample, Monte-Carlo above
+                                                       sample, Monte-Carlo above (non-negative)
 hessian    as ``exact``                                ``diag H``: exact where known, else a
-                                                       Hutchinson estimate (negative entries make
-                                                       the TIC ``nan``)
+                                                       Hutchinson estimate (may be negative)
 ggn        ``Tr(G)``, exact                            exact GGN diagonal
 mc-ggn     ``Tr`` of the Monte-Carlo GGN diagonal      Monte-Carlo GGN diagonal
 =========  ==========================================  =========================================
@@ -33,7 +32,7 @@ from .trace import deflated_trace, device_generator
 
 
 class CurvatureDiagonals:
-    """The curvature parts of the statistics engine for HessTrace and the TIC (see module)."""
+    """The trace and curvature diagonal of the engine's curvature part (see module)."""
 
     def __init__(
         self,
@@ -111,8 +110,8 @@ class CurvatureDiagonals:
     def trace(
         self, model_input, target, weight: float, hvp, rtol: float, max_products: int, cache: dict
     ) -> tuple[TraceEstimate | list[Tensor] | None, str]:
-        """HessTrace's curvature: an estimate, or a diagonal to sum (with its name), or ``None``
-        and the reason."""
+        """The trace: an estimate, or a diagonal to sum (with its name), or ``None`` and the
+        reason."""
         if self.curvature in ("ggn", "mc-ggn"):
             return self._cached_ggn(cache, model_input, target, weight, self.curvature == "ggn")
         diagonal = self._cached_hessian(cache, model_input, target, weight)
@@ -125,10 +124,10 @@ class CurvatureDiagonals:
         )  # fmt: skip
         return estimate, "estimate"
 
-    def tic(
+    def diagonal(
         self, model_input, target, weight: float, hvp, cache: dict
     ) -> tuple[list[Tensor] | None, str]:
-        """The TIC's diagonal and its name, or ``None`` and the reason."""
+        """The curvature diagonal and its name, or ``None`` and the reason."""
         if self.curvature in ("ggn", "mc-ggn"):
             return self._cached_ggn(cache, model_input, target, weight, self.curvature == "ggn")
         if self.curvature == "exact" and not self.piecewise:

@@ -1,5 +1,5 @@
 """The samples of a step: their individual losses and the rules for their individual gradients,
-assembled from the micro-batches the step consumed (SPEC section 7).
+assembled from the micro-batches the step consumed.
 
 Samples that are rows of the model's batch (one target per row) get their individual gradients
 from the layers' recorded rows (:mod:`.rules`).  Samples that are not (tokens of a sequence

@@ -84,7 +84,9 @@ class SecondOrder:
                 self._trace(request, stats, model_input, target, weight, hvp, cache, transfer)
             if request.curvature_diagonal:
                 try:
-                    diagonal, name = self.diagonals.tic(model_input, target, weight, hvp, cache)
+                    diagonal, name = self.diagonals.diagonal(
+                        model_input, target, weight, hvp, cache
+                    )
                 except RuntimeError as error:
                     diagonal, name = None, f"Hessian-vector products failed ({error})"
                 if diagonal is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.animation import PillowWriter
 
-from .cockpit import FIGSIZE, draw_cockpit
+from .cockpit import declared_series, draw_cockpit, figure_size
 from .panels import View, log_keys, new_figure
 from .sources import Source, records_from
 
@@ -42,12 +42,13 @@ def animate(
     steps = [r["step"] for r in records]
     view = View(min(steps), max(steps), log_steps, y_log=log_keys(records))
     cuts = np.unique(np.linspace(1, len(records), min(int(frames), len(records))).round())
-    fig = new_figure(FIGSIZE)
+    fig = new_figure(figure_size(records))
+    series = declared_series(records)  # the same layout in every frame
     path = Path(path)
     writer = PillowWriter(fps=fps)
     with writer.saving(fig, str(path), dpi):
         for cut in cuts.astype(int):
             fig.clear()
-            draw_cockpit(fig, records[:cut], last_fraction=last_fraction, view=view)
+            draw_cockpit(fig, records[:cut], last_fraction=last_fraction, view=view, series=series)
             writer.grab_frame(facecolor="white")
     return path

@@ -11,6 +11,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..instruments.base import DECLARED_PANELS, PANELS
 from .gauges import (
     draw_alpha,
     draw_gradient_tests,
@@ -38,14 +39,38 @@ from .panels import (
 )
 from .sources import Source, latest, records_from
 
-__all__ = ["FIGSIZE", "draw_cockpit", "plot"]
+__all__ = ["FIGSIZE", "declared_series", "draw_cockpit", "figure_size", "plot"]
 
 FIGSIZE = (16.0, 12.0)  # inches; 1600 px wide at DPI
+EXTRA_ROW_INCHES = 2.6  # added to the height for a row of declared instruments' panels
 PANEL_FACE = "#f4f4f4"  # the bottom row: what most practitioners already track
 CURVATURE = (
     ("HessMaxEV", "largest Hessian eigenvalue", r"$\lambda_{\max}(H)$"),
     ("HessTrace", "Hessian trace", r"$\mathrm{Tr}(H)$"),
 )
+#: Readings the fixed panels draw; any other instrument that declares a panel family gets a
+#: time-series panel in that column, in a row above the bottom one.
+DRAWN = frozenset(
+    {"Alpha", "Distance", "UpdateSize", "GradNorm", "GradientNoiseScale", "NormTest", "InnerTest"}
+    | {"OrthoTest", "GradHist1d", "GradHist2d", "HessMaxEV", "HessTrace", "TICDiag", "TICTrace"}
+)
+
+
+def declared_series(records: Sequence[dict]) -> list[list[str]]:
+    """Per column (:data:`~cockpit_optim.instruments.base.PANELS`), the readings of instruments
+    that declare that panel family, are not drawn by a fixed panel and appear in ``records``."""
+    present = {key for record in records for key in record}
+    columns: list[list[str]] = [[] for _ in PANELS]
+    for name, panel in DECLARED_PANELS.items():
+        if name in present and name not in DRAWN:
+            columns[PANELS.index(panel)].append(name)
+    return columns
+
+
+def figure_size(records: Sequence[dict]) -> tuple[float, float]:
+    """The cockpit's size in inches: taller by a row when declared panels are drawn."""
+    extra = any(declared_series(records))
+    return FIGSIZE[0], FIGSIZE[1] + (EXTRA_ROW_INCHES if extra else 0.0)
 
 
 def _stacked(fig: Figure, cell, names: Sequence[str]) -> list[Axes]:
@@ -90,20 +115,23 @@ def draw_cockpit(
     last_fraction: float = 0.1,
     log_steps: bool = False,
     view: View | None = None,
+    series: list[list[str]] | None = None,
 ) -> None:
     """Draw the cockpit of ``records`` (at least one) into the empty ``fig``; ``view`` fixes the
-    step range, e.g. for all frames of an animation. Every axes is labelled with the reading it
-    shows (``Axes.get_label()``)."""
+    step range and ``series`` the declared panels (:func:`declared_series`), e.g. for all frames
+    of an animation. Every axes is labelled with the reading it shows (``Axes.get_label()``)."""
     steps = [r["step"] for r in records]
     view = view or View(min(steps), max(steps), log_steps)
+    series = declared_series(records) if series is None else series
+    rows = 5 if any(series) else 4
     outer = fig.add_gridspec(
-        4,
+        rows,
         3,
         left=0.055,
         right=0.975,
         top=0.905,
         bottom=0.075,
-        height_ratios=(1, 1, 1, 1.05),
+        height_ratios=(1, 1, 1, 1.05) if rows == 4 else (1, 1, 1, 0.9, 1.05),
         hspace=0.42,
         wspace=0.2,
     )
@@ -132,7 +160,11 @@ def draw_cockpit(
     corner2d = fig.add_subplot(grid2d[0, 1], label="GradHist2d note")
     curvature = [fig.add_subplot(outer[r, 2], label=key) for r, (key, _, _) in enumerate(CURVATURE)]
     tic_diag, tic_trace = _stacked(fig, outer[2, 2], ("TICDiag", "TICTrace"))
-    bottom = outer[3, :].subgridspec(1, 2, wspace=0.22)
+    declared = [
+        _stacked(fig, outer[3, column], names) if names else []
+        for column, names in enumerate(series)
+    ]
+    bottom = outer[rows - 1, :].subgridspec(1, 2, wspace=0.22)
     hyper = fig.add_subplot(bottom[0], label="HyperParameters")
     performance = fig.add_subplot(bottom[1], label="Performance")
     for ax in fig.axes:
@@ -191,6 +223,12 @@ def draw_cockpit(
     for ax in (noise if noise is not None else grad_norm, update, curvature[-1], tic_trace):
         if len(ax.get_xticks()):  # not a panel showing a message
             ax.set_xlabel("step")
+    for names, axes in zip(series, declared):
+        for key, ax in zip(names, axes):
+            title(ax, key)
+            guarded([ax], key, lambda ax=ax, key=key: _series_panel(ax, records, key, view, key))
+        if axes and len(axes[-1].get_xticks()):
+            axes[-1].set_xlabel("step")
     guarded([hyper], "Hyper-parameters", lambda: draw_hyperparameters(hyper, records, view))
     guarded([performance], "Performance", lambda: draw_performance(performance, records, view))
 
@@ -230,7 +268,9 @@ def plot(
         dpi: pixels per inch of the written image (the figure is 16 x 12 inches).
 
     Each instrument panel reads only its own keys; an instrument absent from the records is shown
-    as "not tracked", and ``nan`` readings are skipped.
+    as "not tracked", and ``nan`` readings are skipped.  An instrument class that declares a
+    ``panel`` family gets its own time-series panel in that column (in a row added above the
+    bottom one).
     """
     if not 0 < last_fraction <= 1:
         raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
@@ -239,7 +279,7 @@ def plot(
         return plot_layerwise(records, path, dpi=dpi)
     if not records:
         raise ValueError("no records to plot")
-    fig = new_figure(FIGSIZE)
+    fig = new_figure(figure_size(records))
     draw_cockpit(fig, records, last_fraction=last_fraction, log_steps=log_steps)
     if path is not None:
         save(fig, path, dpi)
