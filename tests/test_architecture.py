@@ -145,7 +145,7 @@ def test_registered_rule_gives_exact_readings():
 
 
 def test_register_rule_refuses_what_is_not_a_module_type():
-    with pytest.raises(TypeError, match="nn.Module subclasses"):
+    with pytest.raises(TypeError, match=r"nn\.Module subclasses"):
         register_rule("Scale")
 
 
