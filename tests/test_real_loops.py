@@ -323,7 +323,9 @@ def test_readings_cover_exactly_the_optimized_parameters(case):
         trained = list(model.parameters())
     curvature = case != "weight_norm"  # ReLU MLP: exact curvature on the plain layers
     opt = monitored(
-        model, loss_fn, torch.optim.SGD(trained, lr=0.1),
+        model,
+        loss_fn,
+        torch.optim.SGD(trained, lr=0.1),
         instruments="full" if curvature else "economy",
     )
     x, y = batch(torch.Generator().manual_seed(0), 8)
@@ -412,7 +414,9 @@ def test_one_failing_instrument_reads_nan_and_the_record_stays():
 
     model, loss_fn, batch = make_problem("mlp")
     opt = monitored(
-        model, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1),
+        model,
+        loss_fn,
+        torch.optim.SGD(model.parameters(), lr=0.1),
         instruments=["Loss", "GradNorm", "NormTest", Broken()],
     )
     x, y = batch(torch.Generator().manual_seed(0), 8)
@@ -479,8 +483,14 @@ def gpt2(seed=0):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=40, n_positions=16,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=40,
+        n_positions=16,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return transformers.GPT2LMHeadModel(config)
 
@@ -504,8 +514,12 @@ def gpt2_reference(model, params, ids, labels):
         loss = nn.functional.cross_entropy(logits[b, t].unsqueeze(0), targets[b, t].unsqueeze(0))
         g = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
         grads.append(
-            torch.cat([(gi if gi is not None else torch.zeros_like(leaves[k])).reshape(-1)
-                       for gi, k in zip(g, names)])
+            torch.cat(
+                [
+                    (gi if gi is not None else torch.zeros_like(leaves[k])).reshape(-1)
+                    for gi, k in zip(g, names)
+                ]
+            )
         )
         losses.append(loss.detach())
     return torch.stack(losses).double(), torch.stack(grads).double()
