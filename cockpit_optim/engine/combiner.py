@@ -29,9 +29,6 @@ class LocalCombiner:
         """Elementwise sums over ranks."""
         return list(tensors)
 
-    def gather_objects(self, value: object) -> list[object]:
-        return [value]
-
     def broadcast_object(self, value: object) -> object:
         """Rank 0's ``value`` on every rank."""
         return value
@@ -74,11 +71,6 @@ class ProcessGroupCombiner(LocalCombiner):
             for i, piece in zip(indices, flat.split([tensors[i].numel() for i in indices])):
                 out[i] = piece.reshape(tensors[i].shape)
         return out
-
-    def gather_objects(self, value: object) -> list[object]:
-        values: list[object] = [None] * self.world_size
-        dist.all_gather_object(values, value, group=self.group)
-        return values
 
     def broadcast_object(self, value: object) -> object:
         box = [value]
