@@ -8,7 +8,6 @@ import os
 import pickle
 import struct
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,12 +17,12 @@ from cockpit_optim.experiment import ConfigError, DataNotFoundError, load_data
 from cockpit_optim.experiment.data import expected_files
 
 
-def cfg(name: str, **options) -> SimpleNamespace:
-    defaults = {"train_subset": None, "seed": 0, "scaling": "unit"}
-    return SimpleNamespace(name=name, **{**defaults, **options})
+def cfg(name: str, **options) -> dict:
+    """A ``data`` config: the schema of ``name`` fills in the other fields."""
+    return {"name": name, **options}
 
 
-def digits_cfg(**options) -> SimpleNamespace:
+def digits_cfg(**options) -> dict:
     return cfg("digits", **{"test_fraction": 0.2, **options})
 
 

@@ -4,7 +4,6 @@ that does not fit the data."""
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 from cockpit_optim import MonitoredOptimizer, ReadingWarning
 from cockpit_optim.experiment import ConfigError, DataInfo, build_model, num_parameters
-from cockpit_optim.experiment.models import PARAMS_3C3D, PARAMS_ALLCNNC_CIFAR100
+from cockpit_optim.experiment.models import PARAMS_3C3D, PARAMS_ALLCNNC_CIFAR100, activation
 
 CIFAR10 = DataInfo((3, 32, 32), 10, "classification")
 CIFAR100 = DataInfo((3, 32, 32), 100, "classification")
@@ -41,7 +40,7 @@ def _one_thread():
 
 def model(name: str, info: DataInfo, **options) -> nn.Module:
     torch.manual_seed(0)
-    return build_model(SimpleNamespace(name=name, **{**MODELS[name], **options}), info)
+    return build_model({"name": name, **MODELS[name], **options}, info)
 
 
 @pytest.mark.parametrize(
@@ -138,8 +137,20 @@ def test_model_that_does_not_fit_the_data(name, info, message):
 
 def test_unknown_names_list_the_choices():
     with pytest.raises(ConfigError, match=r"resnet.*3c3d, allcnnc"):
-        build_model(SimpleNamespace(name="resnet"), DIGITS)
+        build_model({"name": "resnet"}, DIGITS)
     with pytest.raises(ConfigError, match=r"swish.*relu, sigmoid"):
         model("mlp", DIGITS, activation="swish")
+    with pytest.raises(ConfigError, match=r"swish.*relu, sigmoid"):
+        activation("swish")
+    with pytest.raises(ConfigError, match=r"model: Key 'widths' not in 'MLPConfig'"):
+        model("mlp", DIGITS, widths=[8])
     with pytest.raises(ConfigError, match=r"multiple of model.heads"):
         model("transformer", SEQUENCE, dim=15, heads=2)
+
+
+def test_a_model_config_may_name_another_builder():
+    """``_target_`` selects the builder: any callable taking the data info and the fields."""
+    net = build_model({"name": "logreg", "_target_": "torch.nn.Identity"}, DIGITS)
+    assert isinstance(net, nn.Identity)
+    with pytest.raises(ConfigError, match=r"model\._target_='torch\.nn\.Resnet'.*importable"):
+        build_model({"name": "logreg", "_target_": "torch.nn.Resnet"}, DIGITS)

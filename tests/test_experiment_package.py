@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,7 @@ from test_train import CONF, config, options
 import cockpit_optim
 from cockpit_optim.experiment import ConfigError, validate
 from cockpit_optim.experiment.config import SCHEMAS
-from cockpit_optim.experiment.data import DATASETS
-from cockpit_optim.experiment.models import MODELS
+from cockpit_optim.experiment.data import TRAINER_FIELDS
 from cockpit_optim.experiment.runs import remove_unused_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,8 @@ def test_the_experiment_package_uses_only_the_public_api():
         "cockpit_optim": set(cockpit_optim.__all__),
         "cockpit_optim.controllers": set(importlib.import_module("cockpit_optim.controllers").__all__),
         "cockpit_optim.instruments": set(cockpit_optim.instruments.__all__),
-        "cockpit_optim.cli": {"main"},  # the `cockpit-optim` command
+        "cockpit_optim.schedules": set(cockpit_optim.schedules.__all__),
+        "cockpit_optim.cli": {"summary"},  # the table of `cockpit-optim summary`
     }  # fmt: skip
     for path in PACKAGE.glob("*.py"):
         for module, names in _imports(path):
@@ -119,13 +121,45 @@ def test_a_missing_extra_is_named(module, package):
     assert 'pip install "cockpit-optim[experiments]"' in entry.stderr
 
 
-def test_every_config_option_has_its_schema_and_implementation():
-    assert set(SCHEMAS["data"]) == set(DATASETS) == set(options("data"))
-    assert set(SCHEMAS["model"]) == set(MODELS) == set(options("model"))
-    assert set(SCHEMAS["optimizer"]) == set(options("optimizer"))
-    assert set(SCHEMAS["controller"]) == set(options("controller"))
-    for option in options("optimizer"):
-        assert config(f"optimizer={option}").optimizer._target_.startswith("torch.optim.")
+def test_importing_the_library_imports_no_package_of_the_extra():
+    """``import torch`` may import tqdm itself (torch.hub): only what the library adds counts."""
+    code = (
+        "import json, sys, torch; before = set(sys.modules); "
+        "import cockpit_optim, cockpit_optim.controllers, cockpit_optim.cli; "
+        "print(json.dumps(sorted(m for m in set(sys.modules) - before "
+        f"if m.split('.')[0] in {EXTRA!r})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def test_every_config_option_names_a_builder_that_takes_its_fields():
+    """Each option of the data, model, optimizer and controller groups names what builds it in
+    ``_target_`` (no table maps names): a data loader or model builder takes exactly the option's
+    fields as keywords, an optimizer or controller class accepts them."""
+    from hydra.utils import get_object
+
+    left_out = {"data": ("name", *TRAINER_FIELDS), "model": ("name",)}
+    left_out["optimizer"] = left_out["controller"] = ("name",)
+    for group, excluded in left_out.items():
+        assert set(SCHEMAS[group]) == set(options(group))
+        for option in options(group):
+            fields = dict(config(f"{group}={option}")[group])
+            target = fields.pop("_target_")
+            for key in excluded:
+                del fields[key]
+            if target is None:
+                assert (group, option, fields) == ("controller", "none", {})
+                continue
+            if group == "optimizer":
+                assert target.startswith("torch.optim.")
+            parameters = inspect.signature(get_object(target)).parameters
+            if group in ("data", "model"):
+                keywords = {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+                assert keywords == set(fields), (group, option)
+            else:
+                assert set(fields) <= set(parameters), (group, option)
 
 
 def test_an_unavailable_device_is_a_config_error(monkeypatch):

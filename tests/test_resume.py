@@ -62,7 +62,12 @@ def test_the_readme_resume_command_takes_the_runs_own_config(tmp_path):
     assert _hydra_files(folder) == hydra  # was: overwritten with the defaults
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["steps"] == 9
-    assert summary["config"]["model"] == {"name": "mlp", "hidden": [8], "activation": "relu"}
+    assert summary["config"]["model"] == {
+        "name": "mlp",
+        "_target_": "cockpit_optim.experiment.models.mlp_for",
+        "hidden": [8],
+        "activation": "relu",
+    }
     assert summary["config"]["optimizer"]["name"] == "sgd"
     after = load_log(folder)
     assert _strip_time(after[: len(before)]) == _strip_time(before)
@@ -97,6 +102,20 @@ def test_resume_config_changes_only_trainer_settings(tmp_path):
         resume_config(folder, ["trainer.steps=many"])
     with pytest.raises(ConfigError, match=r"no \.hydra/config\.yaml"):
         resume_config(tmp_path / "elsewhere")
+
+
+def test_a_checkpoint_without_newer_default_fields_resumes(tmp_path):
+    """A checkpoint whose config lacks fields added to the schemas later (here the data and model
+    ``_target_``) is compared on the schemas: the missing fields take their defaults."""
+    run(tmp_path, "trainer.steps=3", "cockpit=off")
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    for group in ("data", "model"):
+        del state["config"][group]["_target_"]
+    torch.save(state, tmp_path / CHECKPOINT)
+    resumed = run(tmp_path, "trainer.steps=5", "cockpit=off", "trainer.resume=true")
+    assert resumed["steps"] == 5
+    with pytest.raises(ConfigError, match="the config of model differs"):
+        Trainer(config(*FAST, "cockpit=off", "model=mlp", "trainer.resume=true"), tmp_path)
 
 
 def test_resume_folder_reads_the_command_line():

@@ -3,19 +3,34 @@
 The YAML files in ``conf/`` extend these schemas, so a misspelt key, a wrong type or an enum
 value outside its choices fails when Hydra composes the config.  :func:`register_configs` stores
 the schemas in Hydra's ``ConfigStore`` (group ``schema/<group>``); importing this module registers
-nothing; :mod:`.validation` checks what a schema cannot.  The optimizer and controller schemas name their class in ``_target_`` (Hydra's
-convention), so no table maps names to classes.  This module imports no other module of the
-experiment package (they import it).
+nothing; :mod:`.validation` checks what a schema cannot.
+
+The data, model, optimizer and controller schemas name what builds them in ``_target_`` (Hydra's
+convention): :func:`builder` hands it to ``hydra.utils.instantiate``, so :data:`SCHEMAS` is the
+only table of option names.  This module imports no other module of the experiment package (they
+import it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
+from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["SCHEMAS", "ConfigError", "TrainConfig", "register_configs"]
+__all__ = [
+    "SCHEMAS",
+    "ConfigError",
+    "TrainConfig",
+    "builder",
+    "check_name",
+    "group_config",
+    "register_configs",
+]
 
 
 class ConfigError(ValueError):
@@ -51,9 +66,10 @@ class GradientTest(str, Enum):  # of GradientTestBatchSize
 # ------------------------------------------------------------------------------------ data
 @dataclass
 class DataConfig:
-    """Common fields of every data set."""
+    """Common fields of every data set; ``_target_`` loads it from the fields a subclass adds."""
 
     name: str = MISSING
+    _target_: str = MISSING
     batch_size: int = 64
     eval_batch_size: int = 1024
     train_subset: int | None = None  # use only the first N training examples
@@ -64,6 +80,7 @@ class DigitsConfig(DataConfig):
     """scikit-learn's bundled 8x8 digits (1797 images, pixel values 0..16)."""
 
     name: str = "digits"
+    _target_: str = "cockpit_optim.experiment.data.digits"
     scaling: Scaling = Scaling.unit
     test_fraction: float = 0.2
     seed: int = 0  # of the train/test split
@@ -74,6 +91,7 @@ class NoisyQuadraticConfig(DataConfig):
     """Least squares ``(w.x - y)^2`` with a DeepOBS-like Hessian spectrum and label noise."""
 
     name: str = "noisy_quadratic"
+    _target_: str = "cockpit_optim.experiment.data.noisy_quadratic"
     dim: int = 100
     train_size: int = 2000
     test_size: int = 1000
@@ -86,6 +104,7 @@ class SyntheticConfig(DataConfig):
     """Gaussian-cluster classification (``sklearn.datasets.make_classification``)."""
 
     name: str = "synthetic"
+    _target_: str = "cockpit_optim.experiment.data.synthetic"
     features: int = 20
     informative: int = 10
     classes: int = 4
@@ -100,6 +119,7 @@ class SequenceConfig(DataConfig):
     """Token sequences labelled by their most frequent token (for the transformer)."""
 
     name: str = "sequence"
+    _target_: str = "cockpit_optim.experiment.data.sequence"
     vocab_size: int = 8
     length: int = 16
     train_size: int = 4000
@@ -119,34 +139,40 @@ class TorchvisionConfig(DataConfig):
 @dataclass
 class MNISTConfig(TorchvisionConfig):
     name: str = "mnist"
+    _target_: str = "cockpit_optim.experiment.data.mnist"
 
 
 @dataclass
 class FashionMNISTConfig(TorchvisionConfig):
     name: str = "fashion_mnist"
+    _target_: str = "cockpit_optim.experiment.data.fashion_mnist"
 
 
 @dataclass
 class CIFAR10Config(TorchvisionConfig):
     name: str = "cifar10"
+    _target_: str = "cockpit_optim.experiment.data.cifar10"
 
 
 @dataclass
 class CIFAR100Config(TorchvisionConfig):
     name: str = "cifar100"
+    _target_: str = "cockpit_optim.experiment.data.cifar100"
 
 
 # ---------------------------------------------------------------------------------- models
 @dataclass
 class ModelConfig:
-    """Common field of every model."""
+    """Common fields of every model: ``_target_`` builds it for the data from the other fields."""
 
     name: str = MISSING
+    _target_: str = MISSING
 
 
 @dataclass
 class MLPConfig(ModelConfig):
     name: str = "mlp"
+    _target_: str = "cockpit_optim.experiment.models.mlp_for"
     hidden: list[int] = field(default_factory=lambda: [256])
     activation: Activation = Activation.relu
 
@@ -156,6 +182,7 @@ class LogRegConfig(ModelConfig):
     """A linear model: logistic regression (classification) or least squares (regression)."""
 
     name: str = "logreg"
+    _target_: str = "cockpit_optim.experiment.models.logreg_for"
 
 
 @dataclass
@@ -163,6 +190,7 @@ class C3D3Config(ModelConfig):
     """DeepOBS 3C3D: three convolutions and three dense layers (895,210 parameters on CIFAR-10)."""
 
     name: str = "3c3d"
+    _target_: str = "cockpit_optim.experiment.models.c3d3_for"
     activation: Activation = Activation.relu
 
 
@@ -171,6 +199,7 @@ class DigitsCNNConfig(ModelConfig):
     """Two 3x3 convolutions with 2x2 max-pooling and one hidden dense layer (sized for 8x8)."""
 
     name: str = "digits_cnn"
+    _target_: str = "cockpit_optim.experiment.models.digits_cnn_for"
     channels: list[int] = field(default_factory=lambda: [8, 16])
     hidden: int = 32
     activation: Activation = Activation.relu
@@ -181,6 +210,7 @@ class AllCNNCConfig(ModelConfig):
     """All-CNN-C (Springenberg et al. 2015; 1,387,108 parameters on CIFAR-100)."""
 
     name: str = "allcnnc"
+    _target_: str = "cockpit_optim.experiment.models.allcnnc_for"
     activation: Activation = Activation.relu
     dropout: bool = False  # DeepOBS: 0.2 on the input, 0.5 after each stride-2 block
 
@@ -190,6 +220,7 @@ class TransformerConfig(ModelConfig):
     """Pre-norm transformer encoder classifier: token + learned position embedding, mean pool."""
 
     name: str = "transformer"
+    _target_: str = "cockpit_optim.experiment.models.transformer_for"
     dim: int = 32
     heads: int = 4
     layers: int = 2
@@ -386,3 +417,55 @@ def register_configs() -> None:
     for group, schemas in SCHEMAS.items():
         for name, schema in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+def check_name(group: str, name: Any) -> None:
+    """Raise :class:`ConfigError` listing the valid choices unless ``name`` is an option of
+    ``group`` (``data``, ``model``, ``optimizer`` or ``controller``)."""
+    if name not in SCHEMAS[group]:
+        raise ConfigError(
+            f"unknown {group} {name!r} ({group}.name); valid choices: "
+            f"{', '.join(sorted(SCHEMAS[group]))}"
+        )
+
+
+def group_config(group: str, cfg: Any, resolve: bool = False) -> DictConfig:
+    """``cfg`` (a config, dict or schema instance of ``group``) merged onto the schema its
+    ``name`` selects: defaults filled in; an unknown name, key, type or enum value raises
+    :class:`ConfigError`.  ``resolve``: a config's interpolations are resolved first (they may
+    point outside the group)."""
+    schemas = SCHEMAS[group]
+    try:
+        if resolve and OmegaConf.is_config(cfg):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        if len(schemas) == 1:
+            schema = next(iter(schemas.values()))
+        else:
+            name = (cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)).get("name")
+            check_name(group, name)
+            schema = schemas[name]
+        return OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{group}: {str(error).splitlines()[0]}") from None
+
+
+def builder(group: str, cfg: Any, exclude: Iterable[str] = ()) -> partial[Any] | None:
+    """The ``_target_`` of a ``group`` config as ``hydra.utils.instantiate`` gives it with
+    ``_partial_``: a :class:`functools.partial` holding the other fields but ``name`` and
+    ``exclude`` as keywords (``None`` for a null target).  Invalid values (see :func:`group_config`) and a target that
+    cannot be used raise :class:`ConfigError`; what the target raises when called passes
+    unchanged."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    fields = OmegaConf.to_container(group_config(group, cfg, resolve=True), enum_to_str=True)
+    for key in ("name", *exclude):
+        fields.pop(key)
+    target = fields["_target_"]
+    if target is None:
+        return None
+    try:
+        return instantiate(fields, _partial_=True, _convert_="all")
+    except InstantiationException as error:
+        detail = " ".join(str(error.__cause__ or error).split())
+        raise ConfigError(f"{group}._target_={target!r}: {detail}") from None

@@ -3,14 +3,15 @@
 ``digits`` (scikit-learn's bundled 8x8 digits), ``noisy_quadratic``, ``synthetic`` and
 ``sequence`` are generated on the fly; ``mnist``, ``fashion_mnist``, ``cifar10`` and ``cifar100``
 are read by torchvision from a local folder and are never downloaded.  Images are stored as loaded
-(e.g. ``uint8``) and scaled per batch by :meth:`Data.batch`.
+(e.g. ``uint8``) and scaled per batch by :meth:`Data.batch`.  Each data schema names its loader
+in ``_target_``: the function of its name, taking the schema's own fields as keywords.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,29 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError
+from .config import ConfigError, builder, group_config
 
 __all__ = [
-    "DATASETS",
+    "TRAINER_FIELDS",
     "Data",
     "DataInfo",
     "DataNotFoundError",
     "Split",
+    "cifar10",
+    "cifar100",
+    "digits",
     "expected_files",
+    "fashion_mnist",
     "load_data",
+    "mnist",
+    "noisy_quadratic",
+    "sequence",
+    "synthetic",
+    "torchvision_data",
 ]
+
+#: Fields of every data config that the trainer reads (not its loader's keywords).
+TRAINER_FIELDS = ("batch_size", "eval_batch_size", "train_subset")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -108,34 +121,34 @@ def _standardized(features: np.ndarray, train_size: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ generated
-def digits(cfg: Any) -> Data:
-    """scikit-learn's 8x8 digits (pixel values 0..16), split at random by ``cfg.seed``."""
+def digits(*, scaling: Any, test_fraction: float, seed: int) -> Data:
+    """scikit-learn's 8x8 digits (pixel values 0..16), split at random by ``seed``."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
     labels = torch.tensor(bunch.target, dtype=torch.long)
-    order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(labels)))
-    n_test = round(cfg.test_fraction * len(labels))
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
+    n_test = round(test_fraction * len(labels))
     if not 0 < n_test < len(labels):
-        raise ConfigError(f"data.test_fraction={cfg.test_fraction} leaves an empty split")
+        raise ConfigError(f"data.test_fraction={test_fraction} leaves an empty split")
     test, train = order[:n_test], order[n_test:]
     info = DataInfo((1, 8, 8), 10, "classification")
     return _scaled(
         Split(images[train], labels[train]),
         Split(images[test], labels[test]),
         info,
-        cfg.scaling,
+        scaling,
         16,
     )
 
 
-def noisy_quadratic(cfg: Any) -> Data:
+def noisy_quadratic(*, dim: int, train_size: int, test_size: int, noise: float, seed: int) -> Data:
     """Least squares ``l_n = (w.x_n - y_n)^2``, a stochastic quadratic in ``w`` with Hessian
     ``2 E[x x^T]``.  The covariance has a DeepOBS-like spectrum: a tenth of its eigenvalues in
     ``[0.5, 1]``, the rest in ``[0, 1/60]``, in a random basis; ``y = w*.x + noise * eps``."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dim, n = cfg.dim, cfg.train_size + cfg.test_size
+    gen = torch.Generator().manual_seed(seed)
+    n = train_size + test_size
     large = max(1, dim // 10)
     eigenvalues = torch.cat(
         [0.5 + 0.5 * torch.rand(large, generator=gen), torch.rand(dim - large, generator=gen) / 60]
@@ -145,45 +158,54 @@ def noisy_quadratic(cfg: Any) -> Data:
         torch.randn(n, dim, generator=gen, dtype=torch.float64) * eigenvalues.sqrt()
     ) @ basis.T
     optimum = torch.randn(dim, generator=gen, dtype=torch.float64)
-    noise = cfg.noise * torch.randn(n, generator=gen, dtype=torch.float64)
-    targets = (inputs @ optimum + noise).unsqueeze(1)
+    errors = noise * torch.randn(n, generator=gen, dtype=torch.float64)
+    targets = (inputs @ optimum + errors).unsqueeze(1)
     inputs, targets = inputs.float(), targets.float()
-    t = cfg.train_size
+    t = train_size
     info = DataInfo((dim,), 1, "regression")
     return Data(Split(inputs[:t], targets[:t]), Split(inputs[t:], targets[t:]), info)
 
 
-def synthetic(cfg: Any) -> Data:
+def synthetic(
+    *,
+    features: int,
+    informative: int,
+    classes: int,
+    class_sep: float,
+    train_size: int,
+    test_size: int,
+    seed: int,
+) -> Data:
     """Gaussian clusters (``make_classification``), features standardized on the training split."""
     from sklearn.datasets import make_classification
 
-    features, labels = make_classification(
-        n_samples=cfg.train_size + cfg.test_size,
-        n_features=cfg.features,
-        n_informative=cfg.informative,
+    values, labels = make_classification(
+        n_samples=train_size + test_size,
+        n_features=features,
+        n_informative=informative,
         n_redundant=0,
-        n_classes=cfg.classes,
-        class_sep=cfg.class_sep,
-        random_state=cfg.seed,
+        n_classes=classes,
+        class_sep=class_sep,
+        random_state=seed,
     )
-    inputs = _standardized(features, cfg.train_size)
+    inputs = _standardized(values, train_size)
     targets = torch.tensor(labels, dtype=torch.long)
-    t = cfg.train_size
-    info = DataInfo((cfg.features,), cfg.classes, "classification")
+    t = train_size
+    info = DataInfo((features,), classes, "classification")
     return Data(Split(inputs[:t], targets[:t]), Split(inputs[t:], targets[t:]), info)
 
 
-def sequence(cfg: Any) -> Data:
+def sequence(*, vocab_size: int, length: int, train_size: int, test_size: int, seed: int) -> Data:
     """Random token sequences with a planted token repeated at a quarter of the positions; the
     label is the most frequent token (the smallest one on ties)."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n, length, vocab = cfg.train_size + cfg.test_size, cfg.length, cfg.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    n, vocab = train_size + test_size, vocab_size
     tokens = torch.randint(0, vocab, (n, length), generator=gen)
     planted = torch.randint(0, vocab, (n, 1), generator=gen)
     positions = torch.rand(n, length, generator=gen).argsort(1)[:, : math.ceil(length / 4)]
     tokens.scatter_(1, positions, planted.expand_as(positions))
     labels = nn.functional.one_hot(tokens, vocab).sum(1).argmax(1)
-    t = cfg.train_size
+    t = train_size
     info = DataInfo((length,), vocab, "classification", vocab_size=vocab)
     return Data(Split(tokens[:t], labels[:t]), Split(tokens[t:], labels[t:]), info)
 
@@ -230,43 +252,51 @@ def _not_found(name: str, root: Path, problem: str) -> DataNotFoundError:
     )
 
 
-def torchvision_data(name: str) -> Callable[[Any], Data]:
-    """Loader of torchvision data set ``name`` from ``cfg.data_dir`` (``download=False``)."""
-
-    def load(cfg: Any) -> Data:
-        root = Path(cfg.data_dir).expanduser().resolve()
-        missing = [str(p) for p in expected_files(name, root) if not p.is_file()]
-        if missing:
-            raise _not_found(name, root, "missing " + ", ".join(missing))
-        cls = _torchvision_class(name)
-        splits = []
-        for train in (True, False):
-            try:
-                dataset = cls(str(root), train=train, download=False)
-            except RuntimeError as error:  # corrupted files (torchvision's checksums)
-                raise _not_found(name, root, str(error)) from error
-            inputs = torch.as_tensor(np.asarray(dataset.data))
-            inputs = inputs.unsqueeze(1) if inputs.ndim == 3 else inputs.permute(0, 3, 1, 2)
-            splits.append(Split(inputs.contiguous(), torch.as_tensor(dataset.targets).long()))
-        info = DataInfo(tuple(splits[0].inputs.shape[1:]), TORCHVISION[name][1], "classification")
-        return _scaled(splits[0], splits[1], info, cfg.scaling, 255)
-
-    return load
+def torchvision_data(name: str, data_dir: str, scaling: Any) -> Data:
+    """Torchvision data set ``name`` (a key of :data:`TORCHVISION`) from ``data_dir``
+    (``download=False``)."""
+    root = Path(data_dir).expanduser().resolve()
+    missing = [str(p) for p in expected_files(name, root) if not p.is_file()]
+    if missing:
+        raise _not_found(name, root, "missing " + ", ".join(missing))
+    cls = _torchvision_class(name)
+    splits = []
+    for train in (True, False):
+        try:
+            dataset = cls(str(root), train=train, download=False)
+        except RuntimeError as error:  # corrupted files (torchvision's checksums)
+            raise _not_found(name, root, str(error)) from error
+        inputs = torch.as_tensor(np.asarray(dataset.data))
+        inputs = inputs.unsqueeze(1) if inputs.ndim == 3 else inputs.permute(0, 3, 1, 2)
+        splits.append(Split(inputs.contiguous(), torch.as_tensor(dataset.targets).long()))
+    info = DataInfo(tuple(splits[0].inputs.shape[1:]), TORCHVISION[name][1], "classification")
+    return _scaled(splits[0], splits[1], info, scaling, 255)
 
 
-DATASETS: dict[str, Callable[[Any], Data]] = {
-    "digits": digits,
-    "noisy_quadratic": noisy_quadratic,
-    "synthetic": synthetic,
-    "sequence": sequence,
-    **{name: torchvision_data(name) for name in TORCHVISION},
-}
+def mnist(*, data_dir: str, scaling: Any) -> Data:
+    """MNIST (28x28 grey digits, 60,000 training and 10,000 test images)."""
+    return torchvision_data("mnist", data_dir, scaling)
+
+
+def fashion_mnist(*, data_dir: str, scaling: Any) -> Data:
+    """Fashion-MNIST (28x28 grey clothing images, 60,000 training and 10,000 test images)."""
+    return torchvision_data("fashion_mnist", data_dir, scaling)
+
+
+def cifar10(*, data_dir: str, scaling: Any) -> Data:
+    """CIFAR-10 (32x32 colour images of 10 classes, 50,000 training and 10,000 test images)."""
+    return torchvision_data("cifar10", data_dir, scaling)
+
+
+def cifar100(*, data_dir: str, scaling: Any) -> Data:
+    """CIFAR-100 (32x32 colour images of 100 classes, 50,000 training and 10,000 test images)."""
+    return torchvision_data("cifar100", data_dir, scaling)
 
 
 def load_data(cfg: Any) -> Data:
-    """The data set ``cfg.name`` (a ``data`` config), cut to ``cfg.train_subset`` examples."""
-    if cfg.name not in DATASETS:
-        raise ConfigError(f"unknown data set {cfg.name!r}; valid: {', '.join(sorted(DATASETS))}")
-    data = DATASETS[cfg.name](cfg)
+    """The data set of a ``data`` config (a config, dict or schema instance; its ``_target_`` and
+    fields), cut to ``train_subset`` examples."""
+    cfg = group_config("data", cfg, resolve=True)
+    data = builder("data", cfg, exclude=TRAINER_FIELDS)()
     data.train = data.train.head(cfg.train_subset)
     return data

@@ -1,30 +1,39 @@
-"""The model zoo of the experiments; :func:`build_model` sizes a model for a data set."""
+"""The model zoo of the experiments; :func:`build_model` sizes a model for a data set.
+
+Each model schema names its builder in ``_target_``: one of the ``*_for`` functions, which take
+the :class:`~.data.DataInfo` and the schema's fields and call the architecture function.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError
+from .config import ConfigError, builder
 from .data import DataInfo
 
 __all__ = [
-    "MODELS",
     "PARAMS_3C3D",
     "PARAMS_ALLCNNC_CIFAR100",
     "TransformerClassifier",
     "activation",
     "allcnnc",
+    "allcnnc_for",
     "build_model",
     "c3d3",
+    "c3d3_for",
     "digits_cnn",
+    "digits_cnn_for",
     "logreg",
+    "logreg_for",
     "mlp",
+    "mlp_for",
     "num_parameters",
+    "transformer_for",
 ]
 
 PARAMS_3C3D = 895_210  # on CIFAR-10 (3 x 32 x 32, 10 classes)
@@ -212,48 +221,60 @@ class TransformerClassifier(nn.Module):
         return self.head(hidden.mean(1))
 
 
-def _transformer(cfg: Any, info: DataInfo) -> nn.Module:
+# ------------------------------------------------------------- builders of the schemas
+def mlp_for(info: DataInfo, *, hidden: Sequence[int], activation: Any) -> nn.Module:
+    """:func:`mlp` on the flattened inputs of ``info``."""
+    return mlp(_vector_input(info, "mlp"), info.num_outputs, list(hidden), activation)
+
+
+def logreg_for(info: DataInfo) -> nn.Module:
+    """:func:`logreg` on the flattened inputs of ``info``."""
+    return logreg(_vector_input(info, "logreg"), info.num_outputs)
+
+
+def c3d3_for(info: DataInfo, *, activation: Any) -> nn.Module:
+    """:func:`c3d3` on the images of ``info``."""
+    return c3d3(_image_shape(info, "3c3d"), info.num_outputs, activation)
+
+
+def digits_cnn_for(
+    info: DataInfo, *, channels: Sequence[int], hidden: int, activation: Any
+) -> nn.Module:
+    """:func:`digits_cnn` on the images of ``info``."""
+    return digits_cnn(
+        _image_shape(info, "digits_cnn"), info.num_outputs, list(channels), hidden, activation
+    )
+
+
+def allcnnc_for(info: DataInfo, *, activation: Any, dropout: bool) -> nn.Module:
+    """:func:`allcnnc` on the images of ``info``."""
+    return allcnnc(_image_shape(info, "allcnnc"), info.num_outputs, activation, dropout)
+
+
+def transformer_for(
+    info: DataInfo, *, dim: int, heads: int, layers: int, feedforward: int, dropout: float
+) -> nn.Module:
+    """:class:`TransformerClassifier` on the token sequences of ``info``."""
     if info.vocab_size is None or len(info.input_shape) != 1:
         raise ConfigError(
             f"model transformer needs token sequences (data=sequence), got inputs of shape "
             f"{info.input_shape}"
         )
-    if cfg.dim % cfg.heads:
-        raise ConfigError(f"model.dim={cfg.dim} must be a multiple of model.heads={cfg.heads}")
+    if dim % heads:
+        raise ConfigError(f"model.dim={dim} must be a multiple of model.heads={heads}")
     return TransformerClassifier(
         info.vocab_size,
         info.input_shape[0],
         info.num_outputs,
-        cfg.dim,
-        cfg.heads,
-        cfg.layers,
-        cfg.feedforward,
-        cfg.dropout,
+        dim,
+        heads,
+        layers,
+        feedforward,
+        dropout,
     )
 
 
-MODELS: dict[str, Callable[[Any, DataInfo], nn.Module]] = {
-    "mlp": lambda cfg, info: mlp(
-        _vector_input(info, "mlp"), info.num_outputs, list(cfg.hidden), cfg.activation
-    ),
-    "logreg": lambda cfg, info: logreg(_vector_input(info, "logreg"), info.num_outputs),
-    "3c3d": lambda cfg, info: c3d3(_image_shape(info, "3c3d"), info.num_outputs, cfg.activation),
-    "digits_cnn": lambda cfg, info: digits_cnn(
-        _image_shape(info, "digits_cnn"),
-        info.num_outputs,
-        list(cfg.channels),
-        cfg.hidden,
-        cfg.activation,
-    ),
-    "allcnnc": lambda cfg, info: allcnnc(
-        _image_shape(info, "allcnnc"), info.num_outputs, cfg.activation, cfg.dropout
-    ),
-    "transformer": _transformer,
-}
-
-
 def build_model(cfg: Any, info: DataInfo) -> nn.Module:
-    """Model ``cfg.name`` (a ``model`` config) for data described by ``info``."""
-    if cfg.name not in MODELS:
-        raise ConfigError(f"unknown model {cfg.name!r}; valid: {', '.join(sorted(MODELS))}")
-    return MODELS[cfg.name](cfg, info)
+    """The model of a ``model`` config (a config, dict or schema instance; its ``_target_`` and
+    fields) for data described by ``info``."""
+    return builder("model", cfg)(info)

@@ -74,7 +74,7 @@ def resume_config(run: str | Path, args: Sequence[str] = ()) -> DictConfig:
         )
     try:
         cfg = typed(OmegaConf.load(saved))
-    except OmegaConfBaseException as error:
+    except (OmegaConfBaseException, ConfigError) as error:
         raise ConfigError(f"cannot resume {run}: {saved}: {_first_line(error)}") from None
     for override in _overrides(args):
         key = override.key_or_group

@@ -26,14 +26,14 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import MonitoredOptimizer, plot, plot_layerwise, schedules
-from ..cli import main as cockpit_cli
+from ..cli import summary as readings_table
 from ..controllers import DEFAULT_NU, AdaptiveBatchSampler
-from .config import ConfigError
+from .config import ConfigError, builder
 from .data import Data, load_data
 from .distributed import join, leave, wrap
 from .models import build_model, num_parameters
 from .runs import load_checkpoint, save_atomically
-from .validation import instrument_names, validate
+from .validation import instrument_names, typed, validate
 
 __all__ = [
     "CHECKPOINT",
@@ -51,49 +51,34 @@ LOG_NAME = "cockpit.jsonl"  # where MonitoredOptimizer(log_dir=run_dir) writes
 SUMMARY = "summary.json"
 
 
-def _target(cfg: Any) -> tuple[type | None, dict[str, Any]]:
-    """The class a group config names in ``_target_`` (located by Hydra) and its other fields
-    but ``name`` as keyword arguments (lists become tuples)."""
-    options = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-    options.pop("name")
-    target = options.pop("_target_")
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    if target is None:
-        return None, options
-    from hydra.utils import get_class
-
-    try:
-        return get_class(target), options
-    except ImportError as error:
-        raise ConfigError(f"_target_={target!r} is not a class: {error}") from None
-
-
 def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer of an ``optimizer`` config (its fields are the keywords)."""
-    cls, options = _target(cfg)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ConfigError(f"optimizer._target_ must name a torch.optim.Optimizer, got {cls}")
-    return cls(params, **options)
+    """The ``torch.optim`` optimizer of an ``optimizer`` config (its ``_target_``, its other fields
+    the keywords)."""
+    build = builder("optimizer", cfg)
+    if not (isinstance(build.func, type) and issubclass(build.func, torch.optim.Optimizer)):
+        raise ConfigError(f"optimizer._target_ must name a torch.optim.Optimizer, got {build.func}")
+    return build(params)
 
 
 def build_controllers(cfg: Any, sampler: AdaptiveBatchSampler) -> list:
-    """The controllers of a ``controller`` config (its fields are the keywords); batch-size
-    controllers (those with a ``max_batch_size``) drive ``sampler``, their batch sizes capped at
-    the training set size."""
-    cls, options = _target(cfg)
-    if cls is None:
+    """The controllers of a ``controller`` config (its ``_target_``, its other fields the
+    keywords); batch-size controllers (those with a ``max_batch_size``) drive ``sampler``, their
+    batch sizes capped at the training set size."""
+    build = builder("controller", cfg)
+    if build is None:
         return []
-    if not callable(getattr(cls, "observe", None)):
-        raise ConfigError(f"controller._target_ must name a controller class, got {cls}")
-    if "max_batch_size" in options:
-        size = sampler.num_samples
-        options["max_batch_size"] = min(options["max_batch_size"] or size, size)
-        if "min_batch_size" in options:
-            options["min_batch_size"] = min(options["min_batch_size"], size)
-        if options.get("nu", DEFAULT_NU) is None:
-            options["nu"] = DEFAULT_NU
-        return [cls(sampler, **options)]
-    return [cls(**options)]
+    if not callable(getattr(build.func, "observe", None)):
+        raise ConfigError(f"controller._target_ must name a controller class, got {build.func}")
+    options = build.keywords
+    if "max_batch_size" not in options:
+        return [build()]
+    size = sampler.num_samples
+    capped = {"max_batch_size": min(options["max_batch_size"] or size, size)}
+    if "min_batch_size" in options:
+        capped["min_batch_size"] = min(options["min_batch_size"], size)
+    if options.get("nu", DEFAULT_NU) is None:
+        capped["nu"] = DEFAULT_NU
+    return [build(sampler, **capped)]
 
 
 @torch.no_grad()
@@ -285,7 +270,9 @@ class Trainer:
 
     def _restore(self) -> None:
         state = load_checkpoint(self.run_dir / CHECKPOINT)
-        saved, current = state["config"], self._config()
+        # the checkpoint's config on the schemas: fields added since it was written take defaults
+        saved = OmegaConf.to_container(typed(state["config"]), resolve=True, enum_to_str=True)
+        current = self._config()
         changed = [g for g in current if g != "trainer" and saved.get(g) != current[g]]
         if changed:
             raise ConfigError(
@@ -406,7 +393,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         return summary
     final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
     print(f"\n{summary['steps']} steps in {summary['wall_time_s']:.1f} s; final {final}")
-    if summary["records"]:
-        cockpit_cli(["summary", str(trainer.run_dir)])  # what `cockpit-optim summary RUN` prints
+    history = trainer.optimizer.history
+    if history:  # the table of `cockpit-optim summary RUN`
+        steps = [record["step"] for record in history]
+        print(f"\n{len(history)} records, steps {min(steps)} to {max(steps)}:")
+        print(readings_table(history))
     print(f"\nrun folder: {trainer.run_dir} ({', '.join(summary['files'].values())}, {SUMMARY})")
     return summary

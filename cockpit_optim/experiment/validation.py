@@ -3,13 +3,11 @@ ranges, devices of this machine), and a saved config put back on its schemas."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..instruments import CONFIGURATIONS, REGISTRY
-from .config import SCHEMAS, ConfigError, TrainConfig
+from .config import SCHEMAS, ConfigError, TrainConfig, check_name, group_config
 
 __all__ = ["POSITIVE", "instrument_names", "typed", "validate"]
 
@@ -36,13 +34,6 @@ def instrument_names(entries: list[str]) -> list[str]:
     return names
 
 
-def _check_name(cfg: Any, group: str, names) -> None:
-    if cfg[group].name not in names:
-        raise ConfigError(
-            f"unknown {group} {cfg[group].name!r} ({group}.name); valid choices: {_choices(names)}"
-        )
-
-
 # integer settings that must be positive; those marked True may also be null
 POSITIVE = {
     "trainer.steps": True,
@@ -66,7 +57,7 @@ def validate(cfg: DictConfig | TrainConfig) -> None:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     for group in ("data", "model", "optimizer", "controller"):
-        _check_name(cfg, group, SCHEMAS[group])
+        check_name(group, cfg[group].name)
     instrument_names(list(cfg.cockpit.instruments))
     trainer = cfg.trainer
     if (trainer.steps is None) == (trainer.epochs is None):
@@ -116,10 +107,6 @@ def typed(cfg: DictConfig | dict) -> DictConfig:
     choices are checked, as at composition, when settings are changed afterwards."""
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     root = OmegaConf.structured(TrainConfig)
-    for group, schemas in SCHEMAS.items():
-        name = OmegaConf.select(cfg, f"{group}.name")
-        schema = schemas.get(name) if len(schemas) > 1 else next(iter(schemas.values()))
-        if schema is None:
-            _check_name(cfg, group, schemas)
-        root[group] = OmegaConf.merge(OmegaConf.structured(schema), cfg[group])
+    for group in SCHEMAS:
+        root[group] = group_config(group, cfg[group])
     return root
