@@ -6,7 +6,7 @@ module (and :mod:`.transfer`) only, the engine fills it in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -111,15 +111,22 @@ class Request:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
 
     def __or__(self, other: Request) -> Request:
-        if self.curvature and other.curvature and self.curvature != other.curvature:
+        return Request.union((self, other))
+
+    @staticmethod
+    def union(requests: Iterable[Request]) -> Request:
+        """All of ``requests`` at once (the first given option of each kind, the most probes)."""
+        requests = list(requests)
+        curvatures = {r.curvature for r in requests if r.curvature}
+        if len(curvatures) > 1:
             raise ValueError(
-                "curvature instruments disagree on the curvature: "
-                f"{sorted({self.curvature, other.curvature})}"
+                f"curvature instruments disagree on the curvature: {sorted(curvatures)}"
             )
-        merged = {
-            f.name: getattr(self, f.name) or getattr(other, f.name) for f in dataclass_fields(self)
-        }
-        merged["probes"] = max(self.probes, other.probes)
+        merged = {}
+        for name in _REQUEST_FIELDS:
+            values = [value for r in requests if (value := getattr(r, name))]
+            if values:
+                merged[name] = max(values) if name == "probes" else values[0]
         return Request(**merged)
 
     @property
@@ -143,6 +150,9 @@ class Request:
     def captures(self) -> bool:
         """Whether the forward/backward pass must be recorded (hooks armed)."""
         return self.first_order or self.second_order or self.projection is not None or self.losses
+
+
+_REQUEST_FIELDS = tuple(f.name for f in dataclass_fields(Request))
 
 
 @dataclass

@@ -113,9 +113,7 @@ class MonitoredOptimizer(Optimizer):
         self._combiner = combiner_for(process_group)
         rank = self._combiner.rank
         self._generator = torch.Generator().manual_seed(seed)  # the same on every rank
-        request = Request()
-        for instrument in self.instruments:
-            request = request | instrument.request()
+        request = Request.union(instrument.request() for instrument in self.instruments)
         named = self._monitored_parameters(model, optimizer)
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]

@@ -49,10 +49,7 @@ class StepReadings:
 
     def step_request(self) -> Request:
         """The union of the instruments' requests (options and warm starts as of now)."""
-        request = Request()
-        for instrument in self.instruments:
-            request = request | instrument.request()
-        return request
+        return Request.union(instrument.request() for instrument in self.instruments)
 
     def close(self) -> None:
         """Finish a record still waiting for a later step: those readings are ``nan``."""
