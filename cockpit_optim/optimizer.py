@@ -433,13 +433,12 @@ class MonitoredOptimizer(Optimizer):
         self.stop_reason = monitor.get("stop_reason")
         readings.theta0 = _like_params(monitor["theta0"], self._params)
         self._generator.set_state(monitor["generator"].cpu())
-        states = monitor.get("instruments", {})
+        states, pending = _instrument_states(monitor, self.instruments)
         for instrument in self.instruments:
             state = dict(states.get(instrument.name, {}))
             if isinstance(state.get("direction"), list):
                 state["direction"] = _like_params(state["direction"], self._params)
             instrument.load_state_dict(state)
-        pending = monitor["pending"]
         readings.open = None
         if pending is not None and "waiting" in pending:
             by_name = {i.name: i for i in self.instruments}
@@ -461,3 +460,23 @@ def _like_params(tensors: list[Tensor] | None, params: list[Tensor]) -> list[Ten
     if tensors is None:
         return None
     return [t.to(device=p.device, dtype=p.dtype) for t, p in zip(tensors, params)]
+
+
+def _instrument_states(monitor: dict, instruments: list[Instrument]) -> tuple[dict, dict | None]:
+    """The instruments' states and the waiting record of a saved monitor state.  States saved
+    before instruments kept their own (warm start, draw size and the waiting reading in the
+    monitor's keys) are handed to every instrument and to those whose readings complete later."""
+    pending = monitor["pending"]
+    if "instruments" in monitor:
+        return monitor["instruments"], pending
+    shared = {"vector": monitor.get("eigenvector"), "draws": monitor.get("histogram_draws")}
+    shared = {key: value for key, value in shared.items() if value is not None}
+    states = {i.name: dict(shared) for i in instruments}
+    if pending is not None and "waiting" not in pending:
+        later = [i for i in instruments if i.completes_later]
+        for instrument in later:
+            states[instrument.name].update(
+                {key: pending[key] for key in ("size", "direction", "start")}
+            )
+        pending = {"record": pending["record"], "waiting": [i.name for i in later]}
+    return states, pending

@@ -83,7 +83,18 @@ def test_closure_form_equals_plain_loop():
             assert a[key] == b[key]
 
 
-def _checkpoint_run(tmp_path, split):
+def _legacy(state: dict) -> dict:
+    """A monitor state as saved before instruments kept their own state."""
+    monitor = dict(state["monitor"])
+    own = monitor.pop("instruments")
+    alpha = own["Alpha"]
+    monitor["pending"] = {"record": monitor["pending"]["record"], **alpha}
+    monitor["eigenvector"] = own["HessMaxEV"]["vector"]
+    monitor["histogram_draws"] = own["GradHist1d"]["draws"]
+    return {**state, "monitor": monitor}
+
+
+def _checkpoint_run(tmp_path, split, legacy=False):
     """Train 7 steps; when split, save after 3 steps and continue in fresh objects."""
     model, loss_fn, batch = make_problem("mlp")
     gen = torch.Generator().manual_seed(5)
@@ -106,16 +117,17 @@ def _checkpoint_run(tmp_path, split):
             model, *_ = make_problem("mlp", seed=99)
             model.load_state_dict(state["model"])
             opt = build(model)
-            opt.load_state_dict(state["opt"])
+            opt.load_state_dict(_legacy(state["opt"]) if legacy else state["opt"])
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
     return model, opt
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["state", "legacy-state"])
+def test_resume_continues_exactly(tmp_path, legacy):
     whole_model, whole = _checkpoint_run(tmp_path / "whole", split=False)
-    split_model, split = _checkpoint_run(tmp_path / "split", split=True)
+    split_model, split = _checkpoint_run(tmp_path / "split", split=True, legacy=legacy)
     for p, q in zip(whole_model.parameters(), split_model.parameters()):
         assert torch.equal(p, q)
     assert [r["step"] for r in whole.history] == [r["step"] for r in split.history]

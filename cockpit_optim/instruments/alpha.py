@@ -150,7 +150,7 @@ class Alpha(Instrument):
 
     def load_state_dict(self, state: dict) -> None:
         self._begun = None
-        if state:
+        if "size" in state:
             start = state["start"]
             self._begun = _Begun(
                 state["direction"],
