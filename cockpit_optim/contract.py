@@ -125,8 +125,11 @@ class Request:
         merged = {}
         for name in _REQUEST_FIELDS:
             values = [value for r in requests if (value := getattr(r, name))]
-            if values:
-                merged[name] = max(values) if name == "probes" else values[0]
+            if not values:
+                continue
+            if name in _SINGLE and any(v != values[0] for v in values[1:]):
+                raise ValueError(f"instruments ask for different {name} requests: {values}")
+            merged[name] = max(values) if name == "probes" else values[0]
         return Request(**merged)
 
     @property
@@ -153,6 +156,8 @@ class Request:
 
 
 _REQUEST_FIELDS = tuple(f.name for f in dataclass_fields(Request))
+#: Options one step can serve only once (a projection by identity, warm starts not compared).
+_SINGLE = ("hist1d", "hist2d", "trace", "max_eigenvalue", "projection")
 
 
 @dataclass
@@ -311,7 +316,7 @@ def _signal_to_noise(stats: Statistics) -> Tensor:
     return stats.block_sum(("mean_grads", "sum_sq_grads"), term)
 
 
-def _norm(tensors: list[Tensor]) -> Tensor:
+def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
     """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
     norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
     return torch.linalg.vector_norm(torch.stack(norms))
@@ -327,7 +332,7 @@ REDUCTIONS: dict[str, tuple[tuple[str, ...], Callable[[Statistics], Tensor]]] = 
         lambda s: s.block_sum(("mean_grads",), lambda g: g.square_().sum()),
     ),
     "signal_to_noise": (("mean_grads", "sum_sq_grads"), _signal_to_noise),
-    "update_size": (("update",), lambda s: _norm(s.update)),
+    "update_size": (("update",), lambda s: flat_norm(s.update)),
     "curvature_diagonal_sum": (
         ("curvature_diagonal",),
         lambda s: s.block_sum(("curvature_diagonal",), torch.sum),

@@ -136,9 +136,7 @@ class MonitoredOptimizer(Optimizer):
             from .plotting import LivePlot
 
             live_plot = LivePlot(log_dir, every=plot_every, listeners=self.writers)
-        self._records = RecordPipeline(
-            self, self.controllers, self._combiner, self._writer, self.writers, live_plot
-        )
+        self._records = RecordPipeline(self, self._combiner, self._writer, self.writers, live_plot)
         self._readings = StepReadings(
             self.instruments,
             self.engine,
@@ -146,7 +144,7 @@ class MonitoredOptimizer(Optimizer):
             self._names,
             self._params,
             self._lr,
-            bool(self.controllers),
+            lambda: bool(self.controllers),
         )
         self.should_stop = False
         self.stop_reason: str | None = None
@@ -342,7 +340,7 @@ class MonitoredOptimizer(Optimizer):
         self._update(closure, loss)
         try:
             if tracked:
-                readings.after_update(t, record, stats, before)
+                readings.after_update(record, stats, before)
         except Exception as error:
             readings.skip(t, error, record)
         try:

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 @dataclass
 class OpenRecord:
     """A record of step ``values["step"]`` being built: the instruments whose readings complete at
-    a later step, and whether its readings failed (then it is dropped, not finished)."""
+    a later step, whether the step's readings failed (then it is dropped, not finished) and the
+    single readings that failed (they read ``nan``)."""
 
     values: dict
     waiting: list[Instrument] = field(default_factory=list)
     failed: bool = False
+    errors: dict[str, str] = field(default_factory=dict)  # readings that failed, by instrument
 
     @property
     def step(self) -> int:
@@ -29,19 +31,18 @@ class OpenRecord:
 
 
 class RecordPipeline:
-    """Finishes records: ``controllers`` observe each one (acting on ``monitor``), then it is kept in
-    :attr:`history` and written by ``log`` and ``writers``, and drawn by ``live_plot``."""
+    """Finishes records: the ``monitor``'s controllers observe each one (and act on it), then it is
+    kept in :attr:`history`, written by ``log`` and ``writers``, and drawn by ``live_plot``."""
 
     def __init__(
         self,
         monitor: Any,
-        controllers: list[Any],
         combiner: LocalCombiner,
         log: LogWriter | None,
         writers: list[Any],
         live_plot: Any = None,
     ) -> None:
-        self.monitor, self.controllers, self.combiner = monitor, controllers, combiner
+        self.monitor, self.combiner = monitor, combiner
         self.log, self.writers, self.live_plot = log, writers, live_plot
         self.history: list[dict] = []
 
@@ -50,9 +51,10 @@ class RecordPipeline:
             return
         values = record.values
         actions = []
-        for controller in self.controllers:
+        controllers = self.monitor.controllers
+        for controller in controllers:
             actions.extend(controller.observe(values, self.monitor) or [])
-        if self.combiner.world_size > 1 and self.controllers:
+        if self.combiner.world_size > 1 and controllers:
             self._follow_rank0()
         if actions:
             values["actions"] = actions

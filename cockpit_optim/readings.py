@@ -10,20 +10,13 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .contract import Request, Statistics
+from .contract import Request, Statistics, flat_norm
 from .engine.statistics import StatisticsEngine
 from .errors import ReadingWarning
 from .instruments import Instrument
 from .pipeline import OpenRecord, RecordPipeline
-
-
-def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
-    """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
-    norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 class StepReadings:
@@ -38,7 +31,7 @@ class StepReadings:
         names: list[str],
         params: list[Tensor],
         lr: Callable[[], float],
-        controllers: bool,
+        controllers: Callable[[], bool],
     ) -> None:
         self.instruments, self.engine, self.records = instruments, engine, records
         self.names, self.params, self.lr, self.controllers = names, params, lr, controllers
@@ -50,6 +43,22 @@ class StepReadings:
     def step_request(self) -> Request:
         """The union of the instruments' requests (options and warm starts as of now)."""
         return Request.union(instrument.request() for instrument in self.instruments)
+
+    @staticmethod
+    def _union(
+        instruments: Iterable[Instrument],
+        ask: Callable[[Instrument], Request | None],
+        failed: dict[str, str],
+    ) -> Request:
+        """The union of ``ask(instrument)``; an instrument that fails to say is noted in
+        ``failed`` (its reading is lost, the others are not)."""
+        requests = []
+        for instrument in instruments:
+            try:
+                requests.append(ask(instrument) or Request())
+            except Exception as error:
+                failed[instrument.name] = repr(error)
+        return Request.union(requests)
 
     def close(self) -> None:
         """Finish a record still waiting for a later step: those readings are ``nan``."""
@@ -94,32 +103,37 @@ class StepReadings:
         completing = self.open
         if not tracked and completing is None:
             return None, None
-        request = self.step_request() if tracked else Request()
-        for instrument in completing.waiting if completing is not None else ():
-            request = request | (instrument.pending() or Request())
+        failed: dict[str, str] = {}  # this step's readings that failed
+        unfinished: dict[str, str] = {}  # waiting readings that failed
+        request = Request()
+        if tracked:
+            request = self._union(self.instruments, lambda i: i.request(), failed)
+        if completing is not None:
+            request = request | self._union(completing.waiting, lambda i: i.pending(), unfinished)
         stats = self.engine.collect(request, self.lr(), step=t)
         record = None
-        failed: dict[str, str] = {}
         if tracked:
             if self.request.distance:
                 distance = flat_norm(p - p0 for p, p0 in zip(self.params, self.theta0))
                 stats.distance = self.engine.transfer.defer(distance)
             for instrument in self.instruments:
+                if instrument.name in failed:
+                    continue
                 if not (instrument.after_update or instrument.completes_later):
                     try:
                         instrument.prepare(stats)
                     except Exception as error:  # only this instrument's reading is lost
                         failed[instrument.name] = repr(error)
         if completing is not None:
-            self._complete(completing, stats)
+            self._complete(completing, stats, unfinished)
         if tracked:
-            record = OpenRecord({"step": t})
-            self.then(record, lambda: self._fill(record, stats, failed))
-        if completing is not None and self.controllers:
+            record = OpenRecord({"step": t}, errors=failed)
+            self.then(record, lambda: self._fill(record, stats))
+        if completing is not None and self.controllers():
             self.read(t)  # controllers act on the completed record before this update
         return record, stats
 
-    def _fill(self, record: OpenRecord, stats: Statistics, failed: dict[str, str]) -> None:
+    def _fill(self, record: OpenRecord, stats: Statistics) -> None:
         """Read the instruments computed before the update into ``record`` (after the read)."""
         stats.lr = self.lr()  # a controller may have changed it before this update
         record.values["lr"] = stats.lr
@@ -130,7 +144,8 @@ class StepReadings:
         stats.resolve()
         for instrument in self.instruments:
             if not (instrument.after_update or instrument.completes_later):
-                self._take(instrument, record, failed.get(instrument.name), instrument.read, stats)
+                error = record.errors.get(instrument.name)
+                self._take(instrument, record, error, instrument.read, stats)
 
     def _take(
         self,
@@ -159,7 +174,7 @@ class StepReadings:
         )
 
     def after_update(
-        self, t: int, record: OpenRecord, stats: Statistics, before: list[Tensor] | None
+        self, record: OpenRecord, stats: Statistics, before: list[Tensor] | None
     ) -> None:
         """After-update instruments, and readings that complete at the next step begun."""
         after = Statistics(
@@ -174,8 +189,10 @@ class StepReadings:
             after.update = [p.detach() - b for p, b in zip(self.params, before)]
         else:
             after.unavailable["update"] = "no instrument asked for the update"
-        failed: dict[str, str] = {}
+        failed = record.errors
         for instrument in self.instruments:
+            if instrument.name in failed:
+                continue
             try:
                 if instrument.after_update:
                     instrument.prepare(after)
@@ -184,6 +201,7 @@ class StepReadings:
                     record.waiting.append(instrument)
             except Exception as error:
                 failed[instrument.name] = repr(error)
+        after.update = None  # parameter-sized; its size is queued
         if record.waiting:
             self.open = record
 
@@ -194,19 +212,21 @@ class StepReadings:
                     self._take(
                         instrument, record, failed.get(instrument.name), instrument.read, after
                     )
-                elif instrument.name in failed:
+                elif instrument.completes_later and instrument.name in failed:
                     self._take(instrument, record, failed[instrument.name], instrument.read)
             if not record.waiting:
                 self.records.finish(record)
 
         self.then(record, conclude)
 
-    def _complete(self, record: OpenRecord, stats: Statistics) -> None:
-        """Queue the completion of ``record``'s waiting readings on this step's statistics; the
-        record is finished after the read."""
+    def _complete(self, record: OpenRecord, stats: Statistics, failed: dict[str, str]) -> None:
+        """Queue the completion of ``record``'s waiting readings on this step's statistics (those
+        in ``failed`` read ``nan``); the record is finished after the read."""
         self.open = None
-        failed: dict[str, str] = {}
         for instrument in record.waiting:
+            if instrument.name in failed:
+                instrument.abandon()
+                continue
             try:
                 instrument.complete(stats)
             except Exception as error:

@@ -80,7 +80,7 @@ def dense_ggn(model, loss_fn, params, x, y) -> torch.Tensor:
 
 
 def first_order(losses, grads, lr):
-    """Expected first-order readings (SPEC section 3) from individual losses and gradients."""
+    """Expected first-order readings from individual losses and gradients."""
     b = grads.shape[0]
     g = grads.mean(0)
     norm2 = float(g @ g)

@@ -199,3 +199,90 @@ def test_declared_panel_must_be_a_known_family():
         class Misplaced(Instrument):
             name = "Misplaced"
             panel = "sidebar"
+
+
+# ------------------------------------------------------------------- instruments that fail
+class Flaky(Instrument):
+    """Reads the loss; ``request`` fails at the steps in ``bad``."""
+
+    name = "Flaky"
+    needs = Request(losses=True)
+    reads = ("loss_mean",)
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad, self.calls = bad, 0
+
+    def request(self) -> Request:
+        self.calls += 1
+        if self.calls - 3 in self.bad:  # the first two calls are the monitor's construction
+            raise RuntimeError("flaky request")
+        return self.needs
+
+    def compute(self, stats: Statistics) -> float:
+        return stats.loss_mean
+
+
+def _steps(opt, model, loss_fn, count):
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(count):
+        x, y = torch.randn(6, 5, generator=gen), torch.randint(0, 2, (6,), generator=gen)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+def test_a_failing_request_loses_only_that_reading():
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, ["Loss", "Alpha", Flaky({1})]
+    )
+    with pytest.warns(UserWarning, match="Flaky of step 1 failed and reads nan"):
+        _steps(opt, model, loss_fn, 4)
+    assert [r["step"] for r in opt.history] == [0, 1, 2]
+    flaky = [r["Flaky"] for r in opt.history]
+    assert math.isnan(flaky[1]) and flaky[0] == pytest.approx(opt.history[0]["Loss"])
+    assert all(math.isfinite(r["Alpha"]) and math.isfinite(r["Loss"]) for r in opt.history)
+
+
+def test_a_failing_pending_request_loses_only_that_reading(monkeypatch):
+    from cockpit_optim.instruments import Alpha
+
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = MonitoredOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, ["Loss", "Alpha"]
+    )
+    monkeypatch.setattr(Alpha, "pending", lambda self: 1 / 0)
+    with pytest.warns(UserWarning, match="Alpha of step 0 failed and reads nan"):
+        _steps(opt, model, loss_fn, 3)
+    assert [r["step"] for r in opt.history] == [0, 1]
+    assert all(math.isnan(r["Alpha"]) and math.isfinite(r["Loss"]) for r in opt.history)
+
+
+def test_controllers_added_later_observe_the_records():
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = MonitoredOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, loss_fn, ["Loss"])
+    seen = []
+
+    class Watcher:
+        def observe(self, record, optimizer):
+            seen.append(record["step"])
+            return []
+
+    _steps(opt, model, loss_fn, 1)
+    opt.controllers.append(Watcher())
+    _steps(opt, model, loss_fn, 2)
+    assert seen == [1, 2]
+
+
+def test_two_different_requests_for_one_option_are_refused():
+    from cockpit_optim.contract import HistogramRequest
+
+    one = Request(hist1d=HistogramRequest(10, None, None))
+    assert (one | Request(hist1d=HistogramRequest(10, None, None))).hist1d == one.hist1d
+    with pytest.raises(ValueError, match="different hist1d"):
+        one | Request(hist1d=HistogramRequest(20, None, None))
+    with pytest.raises(ValueError, match="disagree on the curvature"):
+        Request(curvature="ggn") | Request(curvature="exact")

@@ -124,7 +124,7 @@ def titles(fig) -> list[str]:
 
 
 def synthetic(alphas=(), n=None, **extra) -> list[dict]:
-    """Small records following SPEC section 3 (only the keys given)."""
+    """Small records in the record format (only the keys given)."""
     n = n if n is not None else len(alphas)
     records = [{"step": 2 * i, "Loss": 1.0 / (i + 1), "lr": 0.1, "batch_size": 8} for i in range(n)]
     for record, alpha in zip(records, alphas):

@@ -1,4 +1,4 @@
-"""Real training loops (SPEC section 7): every reading against a brute-force reference on the
+"""Real training loops: every reading against a brute-force reference on the
 unscaled, concatenated, filtered batch, with the update always taken as the bare optimizer's."""
 
 from __future__ import annotations

@@ -107,9 +107,10 @@ class HistogramSampler:
 
         spec1 = request.hist1d or HistogramRequest(DEFAULT_BINS, None, budget)
         bins = int(spec1.bins)
-        grad_edges = bin_edges(*grad_range(spec1), bins)
-        (table,) = self.combiner.sum([counts_1d(sample, grad_edges)])
         names = list(sample.shares)
+        if request.hist1d is not None or draws is not None:  # else no 1-D table is needed
+            grad_edges = bin_edges(*grad_range(spec1), bins)
+            (table,) = self.combiner.sum([counts_1d(sample, grad_edges)])
         if request.hist1d is not None:
             stats.hist1d = transfer.defer(
                 table,

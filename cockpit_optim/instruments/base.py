@@ -33,7 +33,7 @@ class Instrument:
     works but costs a synchronization on a GPU.
 
     Phases: an ``after_update`` instrument computes from the statistics after the optimizer's
-    update (``update``, ``update_size``, the step's ``losses`` and ``project``).  An instrument
+    update (``update`` and the ``update_size`` reduction, the step's ``losses`` and ``project``).  An instrument
     whose reading ``completes_later`` starts in :meth:`begin` after the update, names what the
     next step must collect in :meth:`pending`, queues in :meth:`complete` at that step and gives
     its reading from :meth:`conclude` after that step's read; the record waits for it.

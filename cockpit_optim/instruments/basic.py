@@ -6,7 +6,7 @@ import math
 import time
 
 from ..contract import Request, Statistics
-from .base import Instrument, require
+from .base import Instrument, Unavailable, require
 
 
 class Loss(Instrument):
@@ -68,5 +68,6 @@ class UpdateSize(Instrument):
     panel = "step size"
 
     def compute(self, stats: Statistics) -> float:
-        require(stats, "update")
+        if "update" in stats.unavailable:
+            raise Unavailable(stats.unavailable["update"])
         return stats.reduced("update_size")

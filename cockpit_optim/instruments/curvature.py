@@ -117,10 +117,10 @@ class HessMaxEV(Instrument):
 
 
 class _TIC(_DiagonalInstrument):
-    panel = "curvature"
     """A TIC needs a positive curvature: a diagonal with negative entries (an exact Hessian's, or
     a Hutchinson estimate under ``curvature="hessian"``) makes the reading ``nan``."""
 
+    panel = "curvature"
     needs = Request(curvature_diagonal=True)
 
     def __init__(self, *, curvature: str = "exact", probes: int = 16, eps: float = 1e-7) -> None:

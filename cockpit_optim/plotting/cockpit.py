@@ -265,12 +265,14 @@ def plot(
         layerwise: draw the layer-wise view (one gradient histogram per parameter) instead.
         last_fraction: the newest fraction of Alpha readings shown as a second histogram.
         log_steps: log-spaced step axis for all time series.
-        dpi: pixels per inch of the written image (the figure is 16 x 12 inches).
+        dpi: pixels per inch of the written image (the figure is 16 x 12 inches, taller by a
+            row for declared panels).
 
     Each instrument panel reads only its own keys; an instrument absent from the records is shown
     as "not tracked", and ``nan`` readings are skipped.  An instrument class that declares a
     ``panel`` family gets its own time-series panel in that column (in a row added above the
-    bottom one).
+    bottom one) where that class is defined in the drawing process: the CLI draws only the
+    package's own instruments.
     """
     if not 0 < last_fraction <= 1:
         raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")

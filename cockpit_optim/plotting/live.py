@@ -78,7 +78,7 @@ class LivePlot:
     new records.
 
     Call :meth:`update` with the growing record list after each record (e.g. from
-    ``MonitoredOptimizer._finish``), or pass the object as a controller (:meth:`observe`), and
+    the monitor's record pipeline), or pass the object as a controller (:meth:`observe`), and
     call :meth:`close` at the end of training. Drawing happens on a background thread
     (``background=True``) with the Agg canvas, so training waits for nothing but a list copy;
     while a drawing is in progress, updates are skipped until it is done. Files are replaced

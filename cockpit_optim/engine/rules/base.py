@@ -1,21 +1,17 @@
-"""Per-layer rules for the statistics of individual gradients, computed from layer inputs and
-output gradients without forming the ``B x D`` individual gradients of the whole network.
+"""The layer-rule interface and the generic containers: statistics of the individual gradients of
+one layer's parameters, computed from its recorded inputs and output gradients without forming
+the ``B x D`` individual gradients of the whole network.
 
-Every rule answers the same questions for each parameter tensor of one layer:
+Every rule answers the same questions for each parameter tensor of its layer:
 
 * ``sq_norms``: ``||g_n||^2`` per sample,
-* ``dots(v)``: ``g_n . v`` per sample for a parameter-shaped ``v``,
-* ``mean_grads``: ``g = (1/B) sum_n g_n``,
+* ``project(v)``: ``g_n . v`` per sample for a parameter-shaped ``v``,
+* ``means``: ``g = (1/B) sum_n g_n``,
 * ``sum_sq_grads``: ``sum_n g_n^2`` per coordinate,
-* ``rows``: selected rows of individual gradients, for histograms.
+* ``rows`` / ``elements``: selected individual-gradient entries, for histograms.
 
 ``g_n`` is the gradient of the individual loss ``l_n``; the captured output gradient ``delta`` is that
-of the mean loss, ``delta_n = (1/B) dl_n/dz_n``, hence the factor ``B`` below.
-
-Layers with weight sharing (``T`` positions: convolutions, sequences) use the mixed rule of the
-performance notes: "ghost" Gram norms ``sum_{t,s} (a_t.a_s)(delta_t.delta_s)`` when
-``2 T^2 < p d_out``, otherwise the layer's individual gradients are materialized in sample blocks,
-reduced, and freed at once.
+of the mean loss, ``delta_n = (1/B) dl_n/dz_n``, hence the factor ``B`` in the rules.
 """
 
 from __future__ import annotations
@@ -37,8 +33,9 @@ def blocks(batch: int, per_sample: int) -> list[slice]:
 
 @dataclass
 class Reduction:
-    """One layer's statistics; per-parameter lists follow ``rule.params``, dots are summed over
-    the layer's parameters (shape ``[B]``)."""
+    """One layer's statistics; per-parameter lists follow ``rule.params``; ``mean_dots``
+    (``g_n . g``) and ``projections`` (``g_n . v``, one per direction) are summed over the layer's
+    parameters (shape ``[B]``)."""
 
     means: list[Tensor]
     sq_norms: list[Tensor] | None = None
