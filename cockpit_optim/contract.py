@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .transfer import Deferred, HostTransfer
+from .transfer import flat as _flat
 
 # Block size of the float64 reductions over all coordinates.
 _BLOCK = 2**22
@@ -206,8 +207,15 @@ class Statistics:
     def blocks(self, *fields: str) -> Iterator[tuple[Tensor, ...]]:
         """Matching float64 blocks (at most ``2^22`` elements) of per-parameter statistics, e.g.
         ``blocks("mean_grads", "sum_sq_grads")``: sums over all coordinates in float64 without a
-        ``D``-sized float64 copy.  The blocks are copies: callers may modify them in place."""
-        for tensors in zip(*(getattr(self, name) for name in fields)):
+        ``D``-sized float64 copy.  The blocks are copies: callers may modify them in place.
+        Statistics of all parameters that fit in one block together form one block (one
+        reduction per statistic, not one per parameter)."""
+        groups = [getattr(self, name) for name in fields]
+        if len(groups[0]) > 1 and sum(t.numel() for t in groups[0]) <= _BLOCK:
+            if len({t.device for group in groups for t in group}) == 1:
+                yield tuple(torch.cat([_flat(t) for t in group]).double() for group in groups)
+                return
+        for tensors in zip(*groups):
             flats = [t.detach().reshape(-1) for t in tensors]
             for start in range(0, flats[0].numel(), _BLOCK):
                 yield tuple(f[start : start + _BLOCK].to(torch.float64, copy=True) for f in flats)
@@ -317,7 +325,12 @@ def _signal_to_noise(stats: Statistics) -> Tensor:
 
 
 def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
-    """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device)."""
+    """Euclidean norm of a list of tensors, accumulated in float64 (0-d, on their device); one
+    norm of their concatenation where that fits in a block."""
+    tensors = list(tensors)
+    if sum(t.numel() for t in tensors) <= _BLOCK and len({t.device for t in tensors}) == 1:
+        flat = torch.cat([_flat(t) for t in tensors])
+        return torch.linalg.vector_norm(flat, dtype=torch.float64)
     norms = [torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]
     return torch.linalg.vector_norm(torch.stack(norms))
 

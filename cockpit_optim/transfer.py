@@ -67,7 +67,7 @@ class HostTransfer:
         """Queue ``tensors`` (any dtype exactly representable in float64, e.g. int64 counts below
         ``2^53``).  Without ``convert`` the value is a float (one element) or a list of floats;
         with it, ``convert(*lists)`` with one flat list of floats per tensor."""
-        flats = [t.detach().reshape(-1) for t in tensors]
+        flats = [flat(t) for t in tensors]
         deferred = Deferred([f.numel() for f in flats], convert)
         self._tensors.extend(flats)
         self._waiting.append((deferred, len(flats)))
@@ -87,11 +87,16 @@ class HostTransfer:
             by_device.setdefault(tensor.device, []).append(index)
         host: list[list[float]] = [[] for _ in tensors]
         for indices in by_device.values():
-            flat = torch.cat([tensors[i].to(torch.float64) for i in indices])
-            values = flat.tolist()  # the read
+            by_dtype: dict[torch.dtype, list[int]] = {}
+            for i in indices:
+                by_dtype.setdefault(tensors[i].dtype, []).append(i)
+            joined = torch.cat(  # one conversion per dtype, not per tensor
+                [torch.cat([tensors[i] for i in group]).double() for group in by_dtype.values()]
+            )
+            values = joined.tolist()  # the read
             self.reads += 1
             start = 0
-            for i in indices:
+            for i in (i for group in by_dtype.values() for i in group):
                 host[i] = values[start : start + tensors[i].numel()]
                 start += tensors[i].numel()
         position = 0
@@ -100,3 +105,10 @@ class HostTransfer:
             position += count
         for callback in callbacks:
             callback()
+
+
+def flat(tensor: Tensor) -> Tensor:
+    """``tensor`` as a detached 1-D tensor (without dispatching what is already so)."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    return tensor if tensor.dim() == 1 else tensor.reshape(-1)
