@@ -145,6 +145,7 @@ class MonitoredOptimizer(Optimizer):
             self._params,
             self._lr,
             lambda: bool(self.controllers),
+            request,
         )
         self.should_stop = False
         self.stop_reason: str | None = None

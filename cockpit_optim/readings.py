@@ -32,17 +32,14 @@ class StepReadings:
         params: list[Tensor],
         lr: Callable[[], float],
         controllers: Callable[[], bool],
+        request: Request,
     ) -> None:
         self.instruments, self.engine, self.records = instruments, engine, records
         self.names, self.params, self.lr, self.controllers = names, params, lr, controllers
-        self.request = self.step_request()
+        self.request = request  # the union at construction: what may be asked for
         self.open: OpenRecord | None = None  # the record waiting for a later step
         self.theta0: list[Tensor] | None = None
         self.read_at = -1  # the step of the last host read
-
-    def step_request(self) -> Request:
-        """The union of the instruments' requests (options and warm starts as of now)."""
-        return Request.union(instrument.request() for instrument in self.instruments)
 
     @staticmethod
     def _union(

@@ -214,7 +214,7 @@ class Flaky(Instrument):
 
     def request(self) -> Request:
         self.calls += 1
-        if self.calls - 3 in self.bad:  # the first two calls are the monitor's construction
+        if self.calls - 2 in self.bad:  # the first call is the monitor's construction
             raise RuntimeError("flaky request")
         return self.needs
 
